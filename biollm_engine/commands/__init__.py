@@ -1,0 +1,1 @@
+"""One module per `biollm` subcommand: `add_parser(subparsers)` sets `run=` via set_defaults."""

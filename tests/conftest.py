@@ -1,0 +1,39 @@
+import os
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+from tiny_models import ARCHS, make_tiny_model  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dirs(tmp_path_factory):
+    """Folders holding a tiny saved model of each architecture, made once per session."""
+    root = tmp_path_factory.mktemp("tiny_models")
+    cache: dict[str, object] = {}
+
+    def get(arch: str):
+        if arch not in cache:
+            cache[arch] = make_tiny_model(arch, root / arch)
+        return cache[arch]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def pbmc():
+    """scanpy's pbmc68k_reduced: 700 real PBMC cells, 765 genes, `bulk_labels`, UMAP."""
+    import scanpy as sc
+
+    return sc.datasets.pbmc68k_reduced()
+
+
+@pytest.fixture(scope="session")
+def pbmc_h5ad(pbmc, tmp_path_factory):
+    path = tmp_path_factory.mktemp("pbmc") / "pbmc68k_reduced.h5ad"
+    pbmc.write_h5ad(path)
+    return path
