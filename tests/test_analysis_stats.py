@@ -1,0 +1,168 @@
+"""Feature statistics equal a direct dense computation, whatever the chunking."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from biollm_engine.analysis.association import associate
+from biollm_engine.analysis.chunks import TokenSources, chunked
+from biollm_engine.analysis.genes import top_genes
+from biollm_engine.analysis.stats import HIST_EDGES, FeatureStats, StatsConfig, feature_stats
+from biollm_engine.analysis.topk import grouped_topk
+from biollm_engine.errors import BioLLMError
+
+
+def make_tokens(rng, n_cells=12, n_genes=9, n_features=7, density=0.3, prompt=2, ties=False):
+    """Cells of random length: `prompt` prompt tokens (unit -1) then gene tokens."""
+    record, position, unit = [], [], []
+    for r in range(n_cells):
+        length = int(rng.integers(prompt, prompt + 8))
+        record += [r] * length
+        position += list(range(length))
+        unit += [-1] * prompt + list(rng.integers(0, n_genes, length - prompt))
+    n = len(record)
+    dense = rng.exponential(1.0, (n, n_features)).astype(np.float32)
+    if ties:
+        dense = np.round(dense * 2) / 2
+    dense[rng.random((n, n_features)) > density] = 0
+    src = TokenSources(record, position, rng.integers(0, 50, n), unit)
+    return dense, src
+
+
+def dense_reference(dense, src, n_cells, n_genes):
+    F = dense.shape[1]
+    gene_tok = src.unit >= 0
+    cell_max = np.zeros((n_cells, F), np.float32)
+    cell_mean = np.zeros((n_cells, F), np.float32)
+    for r in range(n_cells):
+        rows = dense[(src.record == r) & gene_tok]
+        if len(rows):
+            cell_max[r] = rows.max(0)
+            cell_mean[r] = rows.mean(0)
+    unit_sum = np.stack([dense[src.unit == g].sum(0) for g in range(n_genes)])
+    unit_fires = np.stack([(dense[src.unit == g] != 0).sum(0) for g in range(n_genes)])
+    return dict(freq=(dense != 0).mean(0), mean=dense.mean(0), max=dense.max(0),
+                cell_max=cell_max, cell_mean=cell_mean, unit_sum=unit_sum, unit_fires=unit_fires)
+
+
+def check_equal(res, ref, dense):
+    np.testing.assert_allclose(res.frequency, ref["freq"])
+    np.testing.assert_allclose(res.mean, ref["mean"], rtol=1e-6)
+    np.testing.assert_array_equal(res.act_max, ref["max"])
+    np.testing.assert_array_equal(res.cell_max.toarray(), ref["cell_max"])
+    np.testing.assert_allclose(res.cell_mean.toarray(), ref["cell_mean"], rtol=1e-6)
+    np.testing.assert_allclose(res.unit_sum.toarray(), ref["unit_sum"], rtol=1e-6)
+    np.testing.assert_array_equal(res.unit_fires.toarray(), ref["unit_fires"])
+    for f in range(dense.shape[1]):
+        col = dense[:, f]
+        nz = col[col != 0]
+        expect = np.bincount(np.searchsorted(HIST_EDGES, nz, side="right"),
+                             minlength=res.hist.shape[1])
+        np.testing.assert_array_equal(res.hist[f], expect)
+        # top tokens: largest values first, ties to the earlier token
+        order = np.lexsort((np.arange(len(col)), -col))
+        order = order[col[order] != 0][: res.top_token_ids.shape[1]]
+        got = res.top_token_ids[f][res.top_token_ids[f] >= 0]
+        np.testing.assert_array_equal(got, order)
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), chunk=st.integers(1, 40), ties=st.booleans(),
+       density=st.sampled_from([0.0, 0.1, 0.5, 1.0]))
+def test_streaming_stats_equal_dense_computation(seed, chunk, ties, density):
+    rng = np.random.default_rng(seed)
+    dense, src = make_tokens(rng, density=density, ties=ties)
+    ref = dense_reference(dense, src, 12, 9)
+    cfg = StatsConfig(top_tokens=4)
+    streamed = feature_stats(chunked(dense, src, chunk), 7, cfg, num_cells=12, num_units=9)
+    check_equal(streamed, ref, dense)
+    whole = feature_stats(chunked(dense, src, len(src)), 7, cfg, num_cells=12, num_units=9)
+    check_equal(whole, ref, dense)
+
+
+def test_merged_shards_equal_one_pass():
+    rng = np.random.default_rng(3)
+    dense, src = make_tokens(rng, n_cells=30)
+    chunks = list(chunked(dense, src, 17))
+    a, b = FeatureStats(7, StatsConfig(top_tokens=5)), FeatureStats(7, StatsConfig(top_tokens=5))
+    for i, c in enumerate(chunks):
+        (a if i % 2 else b).update(c)
+    a.merge(b)
+    merged = a.result(30, 9)
+    check_equal(merged, dense_reference(dense, src, 30, 9), dense)
+
+
+def pairwise_auroc(scores, positive):
+    pos, neg = scores[positive], scores[~positive]
+    if len(pos) == 0 or len(neg) == 0:
+        return np.nan
+    diff = pos[:, None] - neg[None, :]
+    return ((diff > 0) + 0.5 * (diff == 0)).mean()
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), density=st.sampled_from([0.0, 0.2, 0.7]),
+       negatives=st.booleans())
+def test_association_equals_pairwise_auroc_and_category_means(seed, density, negatives):
+    rng = np.random.default_rng(seed)
+    n, F = 40, 6
+    m = np.round(rng.exponential(1.0, (n, F)) * 2) / 2  # many ties
+    if negatives:
+        m -= 0.5
+    m[rng.random((n, F)) > density] = 0
+    labels = pd.Series(rng.choice(["B", "T", "NK", None], n))
+    a = associate(sp.csr_matrix(m), labels, "cell_type")
+    ok = labels.notna().to_numpy()
+    for ci, cat in enumerate(a.categories):
+        member = (labels == cat).to_numpy()[ok]
+        np.testing.assert_allclose(a.mean[ci], m[ok][member].mean(0))
+        for f in range(F):
+            assert a.auroc[ci, f] == pytest.approx(pairwise_auroc(m[ok][:, f], member), nan_ok=True)
+    for f in range(F):
+        if not (m[ok][:, f] != 0).any():
+            assert a.best[f] == -1 and np.isnan(a.specificity[f])
+            continue
+        assert a.best[f] == np.nanargmax(a.auroc[:, f])
+        pos = np.clip(a.mean[:, f], 0, None)
+        expect = pos.max() / pos.sum() if pos.sum() > 0 else np.nan
+        assert a.specificity[f] == pytest.approx(expect, nan_ok=True)
+
+
+def test_association_rejects_mismatched_labels_with_one_line():
+    with pytest.raises(BioLLMError, match="3 cells .* 2 labels"):
+        associate(sp.csr_matrix(np.ones((3, 2))), ["a", "b"])
+
+
+def test_top_genes_rank_by_mean_activation_per_gene_token():
+    rng = np.random.default_rng(0)
+    dense, src = make_tokens(rng, n_cells=60, n_genes=9, density=0.2)
+    planted = src.unit == 4
+    dense[planted, 2] = 5.0 + rng.random(planted.sum())
+    res = feature_stats(chunked(dense, src, 25), 7, num_cells=60, num_units=9)
+    tg = top_genes(res, n=3, min_count=1)
+    assert tg.gene[2, 0] == 4
+    assert tg.rate[2, 0] == 1.0
+    assert tg.log_odds[2, 0] > 2
+    genes = [f"G{i}" for i in range(9)]
+    assert tg.summary(genes)[2].startswith("G4 (")
+    # against the dense computation for every feature
+    counts = np.bincount(src.unit[src.unit >= 0], minlength=9)
+    for f in range(7):
+        means = np.array([dense[src.unit == g, f].mean() for g in range(9)])
+        means[means == 0] = -np.inf
+        expect = np.lexsort((np.arange(9), -means))[:3]
+        expect = expect[np.isfinite(means[expect])]
+        np.testing.assert_array_equal(tg.gene[f][tg.gene[f] >= 0], expect)
+    # min_count removes rare genes from the ranking
+    rare = top_genes(res, n=3, min_count=int(counts.max()) + 1)
+    assert (rare.gene == -1).all()
+
+
+def test_grouped_topk_breaks_ties_by_id():
+    v, i = grouped_topk(np.array([0, 0, 0, 1]), np.array([1.0, 2.0, 2.0, 3.0]),
+                        np.array([9, 7, 3, 1]), 2, 3)
+    np.testing.assert_array_equal(i, [[3, 7], [1, -1], [-1, -1]])
+    assert v[0].tolist() == [2.0, 2.0] and v[2, 0] == -np.inf
