@@ -1,0 +1,331 @@
+"""DNA sequences (FASTA, FASTA.gz, GenBank) → windows → tokens mapped to base positions.
+
+FASTA is streamed line by line, so a chromosome is never held in memory whole: only the current
+window's bases are buffered. Windows are planned from record lengths (one cheap validating pass),
+then cut while streaming a second time. Tokens are bytes (A=65, C=67, G=71, T=84, as Evo 2's
+CharLevelTokenizer makes them) or the model's own tokenizer; every token carries the forward-
+strand position of the first base it reads, also for reverse-complement windows.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Literal, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ..errors import BioLLMError
+from .base import TokenizedExample, tokenize_with_offsets
+
+IUPAC = "ACGTNRYSWKMBDHV"
+_BAD = re.compile(f"[^{IUPAC}{IUPAC.lower()}]")
+_COMPLEMENT = str.maketrans("ACGTRYSWKMBDHVNacgtryswkmbdhvn", "TGCAYRSWMKVHDBNtgcayrswmkvhdbn")
+FASTA_SUFFIXES = (".fa", ".fasta", ".fna", ".ffn", ".frn", ".fas")
+GENBANK_SUFFIXES = (".gb", ".gbk", ".genbank", ".gbff")
+CHUNK_BASES = 1 << 16
+TOKENIZE_BATCH = 64
+
+
+@dataclass
+class DnaConfig:
+    window: int = field(default=1024, metadata={"help": "bases per window"})
+    stride: int | None = field(default=None, metadata={
+        "help": "bases between window starts (unset: the window, i.e. no overlap); "
+                "a stride above the window skips bases"})
+    reverse_complement: bool = field(default=False, metadata={
+        "help": "also read each window's reverse complement (both strands)"})
+    tokenizer: Literal["byte", "model"] = field(default="byte", metadata={
+        "help": "byte: one token per base, its ASCII code (Evo 2); model: the model's tokenizer"})
+    uppercase: bool = field(default=True, metadata={
+        "help": "upper-case soft-masked (lower-case) bases before tokenizing"})
+
+    def __post_init__(self):
+        if self.stride is None:
+            self.stride = self.window
+        if int(self.window) < 1 or int(self.stride) < 1:
+            raise BioLLMError(f"window and stride must be at least 1 (got {self.window}, "
+                              f"{self.stride}).")
+        if self.tokenizer not in ("byte", "model"):
+            raise BioLLMError(f"tokenizer must be byte or model, not {self.tokenizer!r}.")
+
+
+@dataclass
+class Window:
+    index: int
+    record: int
+    name: str
+    start: int
+    """0-based forward-strand start of the window in its record."""
+    end: int
+    """Exclusive forward-strand end."""
+    strand: str
+    """'+' or '-' (the sequence is then the reverse complement of [start, end))."""
+    seq: str
+
+
+def reverse_complement(seq: str) -> str:
+    """The reverse complement, IUPAC-aware (R↔Y, K↔M, B↔V, D↔H; S, W, N fixed), case kept."""
+    return seq.translate(_COMPLEMENT)[::-1]
+
+
+def _open_text(path: Path):
+    with open(path, "rb") as f:
+        gz = f.read(2) == b"\x1f\x8b"
+    raw = gzip.open(path, "rb") if gz else open(path, "rb")
+    # latin-1 never fails to decode; stray bytes are then reported as bad letters with a position
+    return io.TextIOWrapper(raw, encoding="latin-1", newline=None)
+
+
+def sequence_format(path: str | Path) -> str:
+    """'fasta' or 'genbank', from the first non-empty line (gzip or not)."""
+    path = Path(path)
+    if not path.is_file():
+        raise BioLLMError(f"{path} does not exist; check the path.")
+    try:
+        with _open_text(path) as f:
+            for line in f:
+                if line.strip():
+                    break
+            else:
+                raise BioLLMError(f"{path} is empty; it holds no sequence.")
+    except (OSError, EOFError, gzip.BadGzipFile) as e:
+        raise BioLLMError(f"{path} cannot be read ({e}); check that the file is complete.") from None
+    if line.startswith(">"):
+        return "fasta"
+    if line.startswith("LOCUS"):
+        return "genbank"
+    raise BioLLMError(f"{path} is neither FASTA (first line '>name') nor GenBank (first line "
+                      "'LOCUS ...'); check the file format.")
+
+
+def _check_letters(path, name: str, text: str, offset: int, line: int | None = None):
+    bad = _BAD.search(text)
+    if bad:
+        where = f" (line {line})" if line is not None else ""
+        raise BioLLMError(f"{path}: record {name!r} has {bad.group()!r} at position "
+                          f"{offset + bad.start() + 1}{where}; only IUPAC letters "
+                          f"{IUPAC} are allowed.")
+
+
+def _fasta_chunks(path: Path) -> Iterator[tuple[int, str, int, str]]:
+    record, name, offset, parts, size = -1, "", 0, [], 0
+    with _open_text(path) as f:
+        for lineno, line in enumerate(f, 1):
+            line = line.strip()
+            if not line:
+                continue
+            if line.startswith(">"):
+                if record >= 0:
+                    yield record, name, offset, "".join(parts)
+                record, offset, parts, size = record + 1, 0, [], 0
+                name = line[1:].split(maxsplit=1)[0] if line[1:].strip() else f"record{record + 1}"
+                continue
+            if record < 0:
+                raise BioLLMError(f"{path} line {lineno}: sequence before the first '>' header; "
+                                  "check the FASTA file.")
+            _check_letters(path, name, line, offset + size, lineno)
+            parts.append(line)
+            size += len(line)
+            if size >= CHUNK_BASES:
+                yield record, name, offset, "".join(parts)
+                offset, parts, size = offset + size, [], 0
+        if record >= 0:
+            yield record, name, offset, "".join(parts)
+
+
+def _genbank_records(path: Path):
+    from Bio import SeqIO
+
+    try:
+        with _open_text(path) as f:
+            yield from SeqIO.parse(f, "genbank")
+    except BioLLMError:
+        raise
+    except Exception as e:  # Biopython raises ValueError and friends for malformed files
+        raise BioLLMError(f"{path} is not a valid GenBank file ({e}); check the file.") from None
+
+
+def _record_name(rec, index: int) -> str:
+    for name in (rec.id, rec.name):
+        if name and name != "<unknown id>" and name != "<unknown name>":
+            return str(name)
+    return f"record{index + 1}"
+
+
+def _genbank_chunks(path: Path) -> Iterator[tuple[int, str, int, str]]:
+    for i, rec in enumerate(_genbank_records(path)):
+        name = _record_name(rec, i)
+        try:
+            seq = str(rec.seq)
+        except Exception:  # Biopython's UndefinedSequenceError: a record with no ORIGIN
+            seq = ""
+        _check_letters(path, name, seq, 0)
+        if not seq:
+            yield i, name, 0, ""
+        for off in range(0, len(seq), CHUNK_BASES):
+            yield i, name, off, seq[off:off + CHUNK_BASES]
+
+
+def read_sequences(path: str | Path, uppercase: bool = True) -> Iterator[tuple[int, str, int, str]]:
+    """Stream (record index, record name, 0-based offset, validated chunk) over a FASTA,
+    FASTA.gz or GenBank file; every record appears at least once (an empty one as '')."""
+    path = Path(path)
+    reader = _fasta_chunks if sequence_format(path) == "fasta" else _genbank_chunks
+    try:
+        for record, name, offset, chunk in reader(path):
+            yield record, name, offset, chunk.upper() if uppercase else chunk
+    except (OSError, EOFError, gzip.BadGzipFile) as e:
+        raise BioLLMError(f"{path} cannot be read ({e}); check that the file is complete.") from None
+
+
+def read_features(path: str | Path) -> pd.DataFrame:
+    """GenBank features: record, record_name, type, start (0-based), end (exclusive), strand,
+    gene, locus_tag, product. Empty for FASTA."""
+    path = Path(path)
+    rows = []
+    if sequence_format(path) == "genbank":
+        for i, rec in enumerate(_genbank_records(path)):
+            name = _record_name(rec, i)
+            for feat in rec.features:
+                q = feat.qualifiers
+                rows.append(dict(
+                    record=i, record_name=name, type=feat.type,
+                    start=int(feat.location.start), end=int(feat.location.end),
+                    strand={1: "+", -1: "-"}.get(feat.location.strand, "."),
+                    gene=q.get("gene", [""])[0], locus_tag=q.get("locus_tag", [""])[0],
+                    product=q.get("product", [""])[0]))
+    cols = ["record", "record_name", "type", "start", "end", "strand", "gene", "locus_tag",
+            "product"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def window_spans(length: int, window: int, stride: int) -> np.ndarray:
+    """[n, 2] (start, end) of the windows over a record: starts every `stride` bases until one
+    reaches the end, which may be shorter than `window`."""
+    if length <= 0:
+        return np.zeros((0, 2), dtype=np.int64)
+    starts = np.arange(0, length, stride, dtype=np.int64)
+    ends = np.minimum(starts + window, length)
+    hit = np.flatnonzero(ends >= length)
+    n = hit[0] + 1 if hit.size else len(starts)
+    return np.stack([starts[:n], ends[:n]], axis=1)
+
+
+class DnaDataset:
+    """Windows over the records of a FASTA / GenBank file (a DataSource: records are windows)."""
+
+    kind = "dna"
+
+    def __init__(self, path: str | Path, cfg: DnaConfig | None = None):
+        self.cfg = cfg = cfg or DnaConfig()
+        self.path = Path(path)
+        self.format = sequence_format(self.path)
+        names, lengths = [], []
+        for record, name, offset, chunk in read_sequences(self.path, cfg.uppercase):
+            if record == len(names):
+                names.append(name)
+                lengths.append(0)
+            lengths[record] = offset + len(chunk)
+        if not names or sum(lengths) == 0:
+            raise BioLLMError(f"{self.path} holds no sequence (no records with bases).")
+        self.records = pd.DataFrame({"name": names, "length": np.asarray(lengths, np.int64)})
+        self._spans = [window_spans(n, cfg.window, cfg.stride) for n in lengths]
+        strands = ("+", "-") if cfg.reverse_complement else ("+",)
+        rows = [(r, names[r], s, e, strand) for r, spans in enumerate(self._spans)
+                for s, e in spans.tolist() for strand in strands]
+        self._table = pd.DataFrame(rows, columns=["record", "name", "start", "end", "strand"])
+        self._table.index.name = "window"
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+    @property
+    def units(self) -> None:
+        return None
+
+    @property
+    def features(self) -> pd.DataFrame:
+        return read_features(self.path)
+
+    def windows_table(self) -> pd.DataFrame:
+        """One row per window (its index is the example's `record`): record, name, start, end,
+        strand."""
+        return self._table.copy()
+
+    def describe(self) -> str:
+        cfg = self.cfg
+        kind = "GenBank" if self.format == "genbank" else "FASTA"
+        both = ", both strands" if cfg.reverse_complement else ""
+        tok = "byte tokens" if cfg.tokenizer == "byte" else "the model's tokenizer"
+        return (f"{len(self.records)} records, {int(self.records.length.sum()):,} bases from "
+                f"{self.path.name} ({kind}), {len(self)} windows of {cfg.window} bases with "
+                f"stride {cfg.stride}{both}, {tok}")
+
+    def windows(self, indices: Sequence[int] | None = None) -> Iterator[Window]:
+        """Stream the windows (those in `indices`, in file order), buffering one window's bases."""
+        wanted = None if indices is None else set(int(i) for i in indices)
+        if wanted is not None and wanted and (min(wanted) < 0 or max(wanted) >= len(self)):
+            raise BioLLMError(f"window index out of range: there are {len(self)} windows.")
+        index = 0
+        per_span = 2 if self.cfg.reverse_complement else 1
+        buf, buf_start, current, k = "", 0, -1, 0
+        for record, name, offset, chunk in read_sequences(self.path, self.cfg.uppercase):
+            if record != current:
+                buf, buf_start, current, k = "", offset, record, 0
+            buf += chunk
+            spans = self._spans[record]
+            seen = offset + len(chunk)
+            while k < len(spans) and spans[k, 1] <= seen:
+                s, e = int(spans[k, 0]), int(spans[k, 1])
+                seq = buf[s - buf_start:e - buf_start]
+                for j, strand in enumerate(("+", "-")[:per_span]):
+                    if wanted is None or index + j in wanted:
+                        yield Window(index + j, record, name, s, e, strand,
+                                     seq if strand == "+" else reverse_complement(seq))
+                index += per_span
+                k += 1
+            keep_from = int(spans[k, 0]) if k < len(spans) else seen
+            drop = min(keep_from, seen) - buf_start
+            if drop > 0:
+                buf, buf_start = buf[drop:], buf_start + drop
+
+    def _units(self, w: Window, first: np.ndarray) -> np.ndarray:
+        """Forward-strand positions of window positions `first` (-1 stays -1)."""
+        pos = w.start + first if w.strand == "+" else w.end - 1 - first
+        return np.where(first >= 0, pos, -1).astype(np.int32)
+
+    def examples(self, tokenizer=None, indices: Sequence[int] | None = None,
+                 genes_only: bool = False, max_length: int | None = None
+                 ) -> Iterator[TokenizedExample]:
+        """Tokenized windows in file order; `unit` is each token's first base (forward strand).
+        `genes_only` does not apply to DNA and is ignored."""
+        if self.cfg.tokenizer == "byte":
+            for w in self.windows(indices):
+                seq = w.seq[:max_length] if max_length else w.seq
+                ids = np.frombuffer(seq.encode("ascii"), dtype=np.uint8).astype(np.int64)
+                yield TokenizedExample(w.index, ids, np.ones(len(ids), dtype=bool),
+                                       self._units(w, np.arange(len(ids))), seq)
+            return
+        if tokenizer is None:
+            raise BioLLMError("tokenizer=model needs the model's tokenizer; load the model first "
+                              "or use tokenizer=byte.")
+        batch: list[Window] = []
+        for w in self.windows(indices):
+            batch.append(w)
+            if len(batch) == TOKENIZE_BATCH:
+                yield from self._tokenize(tokenizer, batch, max_length)
+                batch = []
+        if batch:
+            yield from self._tokenize(tokenizer, batch, max_length)
+
+    def _tokenize(self, tokenizer, batch: list[Window], max_length):
+        encoded = tokenize_with_offsets(tokenizer, [w.seq for w in batch], max_length)
+        for w, (ids, offsets, special) in zip(batch, encoded):
+            has_span = ~special & (offsets[:, 1] > offsets[:, 0])
+            first = np.where(has_span, offsets[:, 0], -1)
+            yield TokenizedExample(w.index, ids, ~special, self._units(w, first), w.seq)
