@@ -1,0 +1,58 @@
+"""`biollm-workbench [PATH]`: the desktop application.
+
+Start-up imports only Qt, pyqtgraph and numpy; anndata, scanpy and torch are imported in
+workers after the window has been painted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+DEMO = Path(__file__).resolve().parents[1] / "resources" / "demo"
+
+
+def start_target(path: str | None) -> Path | None:
+    """What to open first: the path given, else the demo workspace, else nothing."""
+    if path:
+        return Path(path)
+    if (DEMO / "workspace.json").is_file():
+        return DEMO
+    h5ads = sorted(DEMO.glob("*.h5ad")) if DEMO.is_dir() else []
+    return h5ads[0] if h5ads else None
+
+
+def create(argv: list[str] | None = None):
+    """Build the application and its shown main window; returns (app, window)."""
+    parser = argparse.ArgumentParser(prog="biollm-workbench")
+    parser.add_argument("path", nargs="?", help=".h5ad file, workspace folder, model or "
+                        "dictionary folder, or FASTA/GenBank file to open")
+    args = parser.parse_args(argv)
+
+    from PySide6.QtCore import QTimer
+    from PySide6.QtWidgets import QApplication
+
+    app = QApplication.instance() or QApplication(sys.argv[:1])
+    app.setOrganizationName("BioLLM")
+    app.setApplicationName("Workbench")
+    from .window import MainWindow
+
+    window = MainWindow()
+    if window.settings.value("geometry") is None:
+        window.resize(1500, 950)
+    window.show()
+    target = start_target(args.path)
+    if target is not None:
+        QTimer.singleShot(0, lambda: window.open_path(target))
+    QTimer.singleShot(300, window.detect_device)
+    return app, window
+
+
+def main(argv: list[str] | None = None) -> int:
+    app, _window = create(argv)
+    return app.exec()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

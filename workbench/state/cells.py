@@ -1,0 +1,188 @@
+"""The cells being looked at: data set, embedding, colouring, selection and the clicked cell.
+
+Pure Python with psygnal events; views observe it and never hold state of their own.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from psygnal import Signal
+
+from biollm_engine.errors import BioLLMError
+
+from . import colouring as col
+
+UMAP_KEY = "X_umap"
+
+
+class CellsState:
+    loaded = Signal()
+    embedding_changed = Signal()
+    colour_changed = Signal()
+    selection_changed = Signal()
+    current_changed = Signal()
+    values_added = Signal(str)
+
+    def __init__(self) -> None:
+        self.adata = None
+        self.path: Path | None = None
+        self.obsm_key: str | None = None
+        self.colour_by: str | None = None
+        self.type_key: str | None = None
+        self.values: dict[str, np.ndarray] = {}
+        self.selection = np.empty(0, dtype=np.int64)
+        self.current: int | None = None
+        self.gene_values: dict[str, float] = {}
+        self._coords: np.ndarray | None = None
+        self._colouring = col.Colouring("none")
+
+    # -- data ---------------------------------------------------------------------------------
+    @property
+    def n_cells(self) -> int:
+        return 0 if self.adata is None else int(self.adata.n_obs)
+
+    def set_data(self, adata, path: str | Path | None = None) -> None:
+        old = self.adata
+        self.adata, self.path = adata, Path(path) if path else None
+        self.values, self.gene_values, self.current = {}, {}, None
+        self.selection = np.empty(0, dtype=np.int64)
+        keys = self.embedding_keys()
+        self.obsm_key = UMAP_KEY if UMAP_KEY in keys else (keys[0] if keys else None)
+        self._coords = None
+        cats = self.categorical_columns()
+        self.type_key = next((c for c in ("cell_type", "celltype", "bulk_labels", "leiden",
+                                          "louvain") if c in cats), cats[0] if cats else None)
+        self.colour_by = self.type_key
+        self._colouring = self._make_colouring()
+        if old is not None and old is not adata and getattr(old, "isbacked", False):
+            old.file.close()
+        self.loaded.emit()
+
+    def embedding_keys(self) -> list[str]:
+        """obsm entries usable as a 2-D embedding: exactly 2-D first, then wider (first 2 dims)."""
+        if self.adata is None:
+            return []
+        shapes = {k: np.shape(v) for k, v in self.adata.obsm.items()}
+        usable = [k for k, s in shapes.items() if len(s) == 2 and s[1] >= 2]
+        return sorted(usable, key=lambda k: (shapes[k][1] != 2, k != UMAP_KEY, k))
+
+    def set_embedding(self, key: str) -> None:
+        if key not in self.embedding_keys():
+            raise BioLLMError(f"obsm['{key}'] is not a 2-D embedding of these cells; choose one "
+                              f"of {self.embedding_keys() or 'none (compute UMAP first)'}.")
+        self.obsm_key, self._coords = key, None
+        self.embedding_changed.emit()
+
+    def add_embedding(self, key: str, coords: np.ndarray) -> None:
+        self.adata.obsm[key] = np.asarray(coords)
+        self.set_embedding(key)
+
+    @property
+    def coords(self) -> np.ndarray | None:
+        if self._coords is None and self.obsm_key is not None:
+            xy = np.asarray(self.adata.obsm[self.obsm_key])[:, :2]
+            self._coords = np.ascontiguousarray(xy, dtype=np.float32)
+        return self._coords
+
+    # -- colouring ----------------------------------------------------------------------------
+    def categorical_columns(self) -> list[str]:
+        if self.adata is None:
+            return []
+        obs = self.adata.obs
+        return [c for c in obs.columns
+                if str(obs[c].dtype) in ("category", "object", "bool", "string")]
+
+    def colour_options(self) -> list[str]:
+        """obs columns, then per-cell vectors given with `set_values` (feature activations)."""
+        if self.adata is None:
+            return []
+        return [str(c) for c in self.adata.obs.columns] + [k for k in self.values
+                                                           if k not in self.adata.obs.columns]
+
+    def set_colour(self, name: str | None) -> None:
+        if name is not None and name not in self.colour_options():
+            raise BioLLMError(f"cannot colour by '{name}': it is neither an obs column nor a "
+                              "feature vector; choose one from the Data panel.")
+        self.colour_by = name
+        self._colouring = self._make_colouring()
+        self.colour_changed.emit()
+
+    def set_values(self, array, name: str) -> None:
+        """Colour the cells by a per-cell vector, e.g. a feature's activation (zeros drawn grey)."""
+        v = np.asarray(array, dtype=np.float32).ravel()
+        if v.shape[0] != self.n_cells:
+            raise BioLLMError(f"'{name}' has {v.shape[0]} values but there are {self.n_cells} "
+                              "cells; give one value per cell.")
+        new = name not in self.values
+        self.values[name] = v
+        if new:
+            self.values_added.emit(name)
+        self.set_colour(name)
+
+    def set_type_key(self, name: str) -> None:
+        self.type_key = name
+        self.current_changed.emit()
+
+    def colouring(self) -> col.Colouring:
+        return self._colouring
+
+    def _make_colouring(self) -> col.Colouring:
+        name = self.colour_by
+        if self.adata is None or name is None:
+            return col.Colouring("none")
+        if name in self.values:
+            return col.continuous(name, self.values[name], zero_is_grey=True)
+        s = self.adata.obs[name]
+        if str(s.dtype) in ("category", "object", "bool", "string"):
+            return col.categorical(name, s.values, self.adata.uns.get(f"{name}_colors"))
+        return col.continuous(name, s.to_numpy(dtype=np.float32, na_value=np.nan))
+
+    # -- selection ----------------------------------------------------------------------------
+    def select(self, indices) -> None:
+        self.selection = np.unique(np.asarray(indices, dtype=np.int64))
+        self.selection_changed.emit()
+
+    def select_rect(self, x0: float, x1: float, y0: float, y1: float) -> None:
+        xy = self.coords
+        x0, x1 = sorted((x0, x1))
+        y0, y1 = sorted((y0, y1))
+        inside = (xy[:, 0] >= x0) & (xy[:, 0] <= x1) & (xy[:, 1] >= y0) & (xy[:, 1] <= y1)
+        self.select(np.flatnonzero(inside))
+
+    def select_polygon(self, vertices) -> None:
+        from matplotlib.path import Path as MplPath
+
+        verts = np.asarray(vertices, dtype=np.float64)
+        if len(verts) < 3:
+            self.select([])
+            return
+        self.select(np.flatnonzero(MplPath(verts).contains_points(self.coords)))
+
+    # -- one cell -----------------------------------------------------------------------------
+    def set_current(self, i: int | None) -> None:
+        self.current = None if i is None else int(i)
+        self.current_changed.emit()
+
+    def cell_id(self, i: int) -> str:
+        return str(self.adata.obs_names[i])
+
+    def cell_type(self, i: int) -> str:
+        if self.type_key is None:
+            return ""
+        return str(self.adata.obs[self.type_key].iloc[i])
+
+    def sentence(self, i: int, max_genes: int | None = None) -> list[tuple[str, float]]:
+        """The cell's genes ranked by expression, highest first, as Cell2Sentence writes them."""
+        from .expression import cell_sentence
+
+        return cell_sentence(self.adata, i, max_genes)
+
+    def summary(self) -> dict:
+        from .expression import matrix_name
+
+        a = self.adata
+        return {"path": str(self.path or ""), "n_cells": a.n_obs, "n_genes": a.n_vars,
+                "matrix": matrix_name(a), "obs": [str(c) for c in a.obs.columns],
+                "obsm": list(a.obsm.keys())}

@@ -1,0 +1,31 @@
+"""The machine, for the status bar: compute device and this process's memory."""
+
+from __future__ import annotations
+
+import os
+
+
+def detect_device() -> str:
+    """"CUDA: <name>", "MPS" or "CPU". Imports torch, so call it in a worker after start-up."""
+    import torch
+
+    if torch.cuda.is_available():
+        return f"CUDA: {torch.cuda.get_device_name(0)}"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "MPS"
+    return f"CPU ({os.cpu_count()} cores)"
+
+
+def process_memory_mb() -> float | None:
+    """Resident memory of this process in MiB, or None where it cannot be read."""
+    try:
+        import psutil
+
+        return psutil.Process().memory_info().rss / 2**20
+    except ImportError:
+        pass
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, AttributeError):
+        return None

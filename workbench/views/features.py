@@ -1,0 +1,118 @@
+"""The Features panel: per-feature statistics of the activations stored with the cells.
+
+Click a feature to colour the cells by its activation; labels typed here are saved in the
+workspace. The table is a model/proxy pair, so sorting and filtering 16k features stays instant.
+"""
+
+from __future__ import annotations
+
+from PySide6.QtWidgets import (QComboBox, QFileDialog, QHBoxLayout, QLabel, QLineEdit,
+                               QTableView, QToolButton, QVBoxLayout, QWidget)
+from superqt.utils import create_worker
+
+from ..state import features as feat
+from ..state.session import Session
+from .export import copy_table, export_table
+from .icons import icon
+from .table import FrameModel, proxy_for
+
+
+class FeaturesPanel(QWidget):
+    def __init__(self, session: Session, parent=None):
+        super().__init__(parent)
+        self.session = session
+        self.cells = session.cells
+        self.key: str | None = None
+        self.source = QComboBox()
+        self.source.setToolTip("obsm matrix holding the feature activations (cells × features)")
+        self.filter = QLineEdit(placeholderText="Filter (label, cell type, number)…")
+        self.model = FrameModel(editable=("label",))
+        self.model.on_edit = self._label_edited
+        self.proxy = proxy_for(self.model)
+        self.table = QTableView(sortingEnabled=True)
+        self.table.setModel(self.proxy)
+        self.table.setSelectionBehavior(QTableView.SelectionBehavior.SelectRows)
+        self.table.setSelectionMode(QTableView.SelectionMode.SingleSelection)
+        self.table.verticalHeader().hide()
+        self.empty = QLabel("No feature activations in this data set yet. Open an .h5ad written "
+                            "back by <code>biollm features --write-h5ad</code> (obsm "
+                            "X_&lt;dictionary&gt;), or choose a matrix above.")
+        self.empty.setWordWrap(True)
+        save = QToolButton(toolTip="Export the table (CSV, TSV, Parquet)")
+        save.setIcon(icon("fa5s.file-export"))
+        save.clicked.connect(self._export)
+        copy = QToolButton(toolTip="Copy the table to the clipboard")
+        copy.setIcon(icon("fa5s.copy"))
+        copy.clicked.connect(lambda: copy_table(self.model.df))
+        top = QHBoxLayout()
+        top.addWidget(self.source, 1)
+        top.addWidget(save)
+        top.addWidget(copy)
+        lay = QVBoxLayout(self)
+        lay.addLayout(top)
+        lay.addWidget(self.filter)
+        lay.addWidget(self.empty)
+        lay.addWidget(self.table, 1)
+
+        self.filter.textChanged.connect(self.proxy.setFilterFixedString)
+        self.source.textActivated.connect(self.show_matrix)
+        self.table.selectionModel().currentRowChanged.connect(self._row_chosen)
+        self.cells.loaded.connect(self._on_loaded)
+        self._on_loaded()
+
+    def _on_loaded(self) -> None:
+        keys = feat.activation_keys(self.cells.adata)
+        self.source.blockSignals(True)
+        self.source.clear()
+        self.source.addItems(["(none)"] + keys)
+        self.source.blockSignals(False)
+        self.show_matrix(feat.default_activation_key(self.cells.adata))
+
+    def show_matrix(self, key: str | None) -> None:
+        """Compute the table for obsm[key] in a worker; None or "(none)" clears it."""
+        import pandas as pd
+
+        key = None if key in (None, "(none)") else key
+        self.key = key
+        self.source.setCurrentText(key or "(none)")
+        self.empty.setVisible(key is None)
+        self.table.setVisible(key is not None)
+        if key is None:
+            self.model.set_frame(pd.DataFrame())
+            return
+        a = self.cells.adata
+        types = a.obs[self.cells.type_key].values if self.cells.type_key else None
+        labels = {int(k.rsplit(":", 1)[1]): v for k, v in
+                  self.session.workspace.feature_labels.items() if k.startswith(f"{key}:")}
+        self.worker = create_worker(feat.feature_stats, a.obsm[key], types, labels,
+                                    _start_thread=False, _ignore_errors=True)
+        self.worker.returned.connect(lambda df, k=key: self._show(k, df))
+        self.worker.start()
+
+    def _show(self, key: str, df) -> None:
+        if key == self.key:
+            self.model.set_frame(df)
+            self.table.resizeColumnsToContents()
+
+    def _row_chosen(self, current, _previous) -> None:
+        if not current.isValid() or self.key is None:
+            return
+        row = self.proxy.mapToSource(current).row()
+        j = int(self.model.df["feature"].iat[row])
+        label = self.model.df["label"].iat[row]
+        values = feat.column(self.cells.adata.obsm[self.key], j)
+        self.cells.set_values(values, f"{self.key}:{j}" + (f" {label}" if label else ""))
+
+    def _label_edited(self, row: int, _col: str, value: str) -> None:
+        j = int(self.model.df["feature"].iat[row])
+        labels = self.session.workspace.feature_labels
+        if value:
+            labels[f"{self.key}:{j}"] = value
+        else:
+            labels.pop(f"{self.key}:{j}", None)
+
+    def _export(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Export feature table", "features.csv",
+                                              "CSV (*.csv);;TSV (*.tsv);;Parquet (*.parquet)")
+        if path:
+            export_table(self.model.df, path)

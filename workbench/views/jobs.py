@@ -1,0 +1,108 @@
+"""The Jobs panel: a row per job (progress, ETA, status, Cancel) and live plots of its metrics."""
+
+from __future__ import annotations
+
+import pyqtgraph as pg
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import (QHeaderView, QProgressBar, QSplitter, QTableWidget,
+                               QTableWidgetItem, QToolButton, QVBoxLayout, QWidget)
+
+from ..state.jobs import Job, JobList
+from .icons import icon
+
+METRICS = ("loss", "fvu", "l0", "dead_frac")
+COLUMNS = ("Job", "Progress", "ETA", "Status", "")
+
+
+def eta_text(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    s = int(round(seconds))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
+class JobsPanel(QWidget):
+    def __init__(self, jobs: JobList, parent=None):
+        super().__init__(parent)
+        self.jobs = jobs
+        self.table = QTableWidget(0, len(COLUMNS))
+        self.table.setHorizontalHeaderLabels(COLUMNS)
+        self.table.verticalHeader().hide()
+        self.table.setSelectionBehavior(QTableWidget.SelectionBehavior.SelectRows)
+        self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
+        header = self.table.horizontalHeader()
+        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        header.setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)
+        self.plots = pg.GraphicsLayoutWidget()
+        self.plots.setBackground("w")
+        self.curves: dict[str, pg.PlotDataItem] = {}
+        for i, name in enumerate(METRICS):
+            p = self.plots.addPlot(row=0, col=i, title=name)
+            p.titleLabel.setText(name, color="#333", size="9pt")
+            for ax in ("left", "bottom"):
+                p.getAxis(ax).setPen("#333")
+                p.getAxis(ax).setTextPen("#333")
+            self.curves[name] = p.plot(pen=pg.mkPen("#1f77b4", width=2))
+        splitter = QSplitter(Qt.Orientation.Vertical)
+        splitter.addWidget(self.table)
+        splitter.addWidget(self.plots)
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(splitter)
+        self.rows: list[Job] = []
+        self.shown: Job | None = None
+        self.table.currentCellChanged.connect(lambda r, *_: self.show_metrics(
+            self.rows[r] if 0 <= r < len(self.rows) else None))
+        jobs.added.connect(self._add)
+        for j in jobs.jobs:
+            self._add(j)
+
+    def _add(self, job: Job) -> None:
+        r = self.table.rowCount()
+        self.table.insertRow(r)
+        self.rows.append(job)
+        self.table.setItem(r, 0, QTableWidgetItem(job.name))
+        bar = QProgressBar(minimum=0, maximum=1000)
+        bar.setTextVisible(True)
+        self.table.setCellWidget(r, 1, bar)
+        self.table.setItem(r, 2, QTableWidgetItem(""))
+        self.table.setItem(r, 3, QTableWidgetItem(job.status))
+        cancel = QToolButton(toolTip="Cancel this job")
+        cancel.setIcon(icon("fa5s.stop-circle", "#b03030"))
+        cancel.clicked.connect(job.cancel)
+        self.table.setCellWidget(r, 4, cancel)
+        job.changed.connect(lambda j=job: self._update(j))
+        self.show_metrics(job)
+        self._update(job)
+
+    def row_of(self, job: Job) -> int:
+        return self.rows.index(job)
+
+    def _update(self, job: Job) -> None:
+        r = self.row_of(job)
+        bar: QProgressBar = self.table.cellWidget(r, 1)
+        p = job.progress
+        if p is not None and p.fraction is not None:
+            bar.setValue(int(p.fraction * 1000))
+            bar.setFormat(f"{p.step:,} / {p.total:,}")
+        elif p is not None:
+            bar.setMaximum(0)  # unknown total: a busy bar
+        if not job.active:
+            bar.setMaximum(1000)
+        self.table.item(r, 2).setText(eta_text(p.eta_s) if p is not None and job.active else "")
+        status = job.status + (": cancelling…" if job.active and job.cancel_token.cancelled
+                               else "") + (f": {job.error}" if job.error else "")
+        self.table.item(r, 3).setText(status)
+        self.table.item(r, 3).setToolTip(status)
+        self.table.cellWidget(r, 4).setEnabled(job.active and not job.cancel_token.cancelled)
+        if job is self.shown:
+            self._draw(job)
+
+    def show_metrics(self, job: Job | None) -> None:
+        self.shown = job
+        self._draw(job)
+
+    def _draw(self, job: Job | None) -> None:
+        for name, curve in self.curves.items():
+            steps, values = job.history.get(name, ([], [])) if job else ([], [])
+            curve.setData(steps, values)

@@ -1,0 +1,329 @@
+"""The main window: the embedding in the middle, docked panels, menus, drops, status bar."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from PySide6.QtCore import QMimeData, QSettings, Qt, QTimer
+from PySide6.QtGui import QAction, QKeySequence
+from PySide6.QtWidgets import (QDockWidget, QFileDialog, QLabel, QMainWindow, QMessageBox,
+                               QWidget)
+from superqt.utils import create_worker
+
+from biollm_engine.errors import BioLLMError
+
+from .jobs import JobRunner
+from .state import files
+from .state.session import Session
+from .views.data import DataPanel
+from .views.embedding import EmbeddingView
+from .views.export import ask_figure_path
+from .views.features import FeaturesPanel
+from .views.jobs import JobsPanel
+from .views.log import LogView
+from .views.models import ModelsPanel
+
+log = logging.getLogger("workbench")
+TITLE = "BioLLM Workbench"
+MAX_RECENT = 10
+
+
+def error_text(e: BaseException) -> str:
+    return e.message if isinstance(e, BioLLMError) else f"{type(e).__name__}: {e}"
+
+
+class MainWindow(QMainWindow):
+    def __init__(self, session: Session | None = None, settings: QSettings | None = None):
+        super().__init__()
+        self.setWindowTitle(TITLE)
+        self.setAcceptDrops(True)
+        self.session = session or Session()
+        self.settings = settings or QSettings("BioLLM", "Workbench")
+        self.runner = JobRunner(self.session.jobs)
+        self._workers: set = set()  # loaders in flight, kept alive until they report
+
+        self.log_view = LogView()  # first, so that everything below is logged
+        self.embedding = EmbeddingView(self.session.cells)
+        self.setCentralWidget(self.embedding)
+        self.data_panel = DataPanel(self.session)
+        self.data_panel.compute_umap_requested.connect(self.compute_umap)
+        self.models_panel = ModelsPanel(self.session)
+        self.features_panel = FeaturesPanel(self.session)
+        self.jobs_panel = JobsPanel(self.session.jobs)
+        self.docks: dict[str, QDockWidget] = {}
+        left, right, bottom = (Qt.DockWidgetArea.LeftDockWidgetArea,
+                               Qt.DockWidgetArea.RightDockWidgetArea,
+                               Qt.DockWidgetArea.BottomDockWidgetArea)
+        for name, widget, area in (("Data", self.data_panel, left),
+                                   ("Model & dictionaries", self.models_panel, left),
+                                   ("Features", self.features_panel, right),
+                                   ("Jobs", self.jobs_panel, bottom),
+                                   ("Log", self.log_view, bottom)):
+            dock = QDockWidget(name, self)
+            dock.setObjectName(f"dock-{name}")
+            dock.setWidget(widget)
+            self.addDockWidget(area, dock)
+            self.docks[name] = dock
+        self.tabifyDockWidget(self.docks["Jobs"], self.docks["Log"])
+        self.docks["Jobs"].raise_()
+        self.resizeDocks([self.docks["Data"], self.docks["Features"]], [340, 380],
+                         Qt.Orientation.Horizontal)
+        self.resizeDocks([self.docks["Jobs"]], [200], Qt.Orientation.Vertical)
+        self._build_menus()
+
+        self.device_label = QLabel("Device: …")
+        self.memory_label = QLabel("")
+        self.statusBar().addPermanentWidget(self.device_label)
+        self.statusBar().addPermanentWidget(self.memory_label)
+        self._memory_timer = QTimer(self, interval=2000)
+        self._memory_timer.timeout.connect(self._show_memory)
+        self._memory_timer.start()
+        self._show_memory()
+        self.session.cells.loaded.connect(self._on_cells_loaded)
+
+        if self.settings.value("geometry") is not None:
+            self.restoreGeometry(self.settings.value("geometry"))
+        if self.settings.value("state") is not None:
+            self.restoreState(self.settings.value("state"))
+
+    # -- menus --------------------------------------------------------------------------------
+    def _action(self, menu, text, slot, shortcut=None) -> QAction:
+        a = menu.addAction(text)
+        a.triggered.connect(lambda *_: slot())
+        if shortcut is not None:
+            a.setShortcut(shortcut)
+        return a
+
+    def _build_menus(self) -> None:
+        m = self.menuBar().addMenu("&File")
+        self._action(m, "Open data…", self.ask_open_data, QKeySequence.StandardKey.Open)
+        self._action(m, "Open workspace…", self.ask_open_workspace)
+        self._action(m, "Save workspace", self.save_workspace, QKeySequence.StandardKey.Save)
+        self.recent_menu = m.addMenu("Recent files")
+        self._fill_recent()
+        m.addSeparator()
+        self._action(m, "Export figure…", self.ask_export_figure)
+        m.addSeparator()
+        self._action(m, "Quit", self.close, QKeySequence.StandardKey.Quit)
+        v = self.menuBar().addMenu("&View")
+        for dock in self.docks.values():
+            v.addAction(dock.toggleViewAction())
+        h = self.menuBar().addMenu("&Help")
+        self._action(h, "About", self._about)
+
+    def _about(self) -> None:
+        QMessageBox.about(self, f"About {TITLE}",
+                          f"<b>{TITLE}</b><p>Mechanistic interpretability of biological language "
+                          "models: cell-sentence and DNA models, sparse dictionaries, features "
+                          "and circuits.</p>")
+
+    # -- messages -----------------------------------------------------------------------------
+    def show_error(self, text: str) -> None:
+        log.error(text)
+        QMessageBox.critical(self, TITLE, text)
+
+    def show_info(self, text: str) -> None:
+        log.warning(text)
+        QMessageBox.information(self, TITLE, text)
+
+    # -- recent files -------------------------------------------------------------------------
+    def recent_files(self) -> list[str]:
+        value = self.settings.value("recent") or []
+        return [value] if isinstance(value, str) else list(value)
+
+    def _remember(self, path: Path) -> None:
+        p = str(Path(path).resolve())
+        recent = [p] + [r for r in self.recent_files() if r != p]
+        self.settings.setValue("recent", recent[:MAX_RECENT])
+        self._fill_recent()
+
+    def _fill_recent(self) -> None:
+        self.recent_menu.clear()
+        for p in self.recent_files():
+            self._action(self.recent_menu, p, lambda p=p: self.open_path(p))
+        self.recent_menu.setEnabled(bool(self.recent_files()))
+
+    # -- opening things -----------------------------------------------------------------------
+    def dragEnterEvent(self, event) -> None:
+        if event.mimeData().hasUrls():
+            event.acceptProposedAction()
+
+    def dropEvent(self, event) -> None:
+        self.handle_drop(event.mimeData())
+        event.acceptProposedAction()
+
+    def handle_drop(self, mime: QMimeData) -> None:
+        paths = [u.toLocalFile() for u in mime.urls() if u.isLocalFile()]
+        if not paths:
+            self.show_info("Only files and folders can be dropped here.")
+        for p in paths:
+            self.open_path(p)
+
+    def open_path(self, path: str | Path) -> None:
+        r = files.recognise(path)
+        if r.kind == files.UNKNOWN:
+            self.show_info(r.reason)
+            return
+        log.info("opening %s (%s)", r.path, r.reason)
+        if r.kind == files.H5AD:
+            self.load_h5ad(r.path)
+        elif r.kind == files.SEQUENCE:
+            self.session.record("sequences", r.path)
+            self.docks["Data"].raise_()
+        elif r.kind == files.DICTIONARY:
+            self.session.record("dictionaries", r.path)
+            self.docks["Model & dictionaries"].raise_()
+        elif r.kind == files.MODEL:
+            self.session.set_model(r.path)
+            self.docks["Model & dictionaries"].raise_()
+        elif r.kind == files.WORKSPACE:
+            self.open_workspace(r.path)
+        self._remember(r.path)
+
+    def _start(self, fn, *args, on_done) -> None:
+        worker = create_worker(fn, *args, _start_thread=False, _ignore_errors=True)
+        self._workers.add(worker)
+        worker.returned.connect(on_done)
+        worker.errored.connect(lambda e: self.show_error(error_text(e)))
+        worker.finished.connect(lambda: self._workers.discard(worker))
+        worker.start()
+
+    def load_h5ad(self, path: str | Path, settings: dict | None = None) -> None:
+        """Read the file in a worker; a bad file ends in an error dialog, nothing else changes."""
+        from .state.expression import read_cells
+
+        self.statusBar().showMessage(f"Reading {Path(path).name}…")
+
+        def done(adata) -> None:
+            self.statusBar().clearMessage()
+            self.session.cells.set_data(adata, path)
+            self.session.record("data", path)
+            self._apply_settings(settings or {})
+
+        self._start(read_cells, path, on_done=done)
+
+    def _apply_settings(self, s: dict) -> None:
+        c = self.session.cells
+        try:
+            if s.get("embedding") in c.embedding_keys():
+                c.set_embedding(s["embedding"])
+            if s.get("type_key") in c.categorical_columns():
+                c.set_type_key(s["type_key"])
+            if s.get("colour_by") in c.colour_options():
+                c.set_colour(s["colour_by"])
+        except BioLLMError as e:
+            log.warning("workspace settings not applied: %s", e.message)
+
+    def _on_cells_loaded(self) -> None:
+        c = self.session.cells
+        log.info("%s: %d cells, embedding %s", c.path.name if c.path else "cells", c.n_cells,
+                 c.obsm_key or "none")
+        if c.adata is not None and c.obsm_key is None:
+            self.compute_umap()
+
+    def compute_umap(self) -> None:
+        from .state.expression import compute_umap
+        from .state.jobs import DONE
+
+        c = self.session.cells
+        adata = c.adata
+        if adata is None:
+            return
+        job = self.runner.submit(f"UMAP of {c.path.name if c.path else 'cells'}",
+                                 lambda progress, cancel: compute_umap(adata))
+
+        def done(status: str) -> None:
+            if status == DONE and c.adata is adata:
+                c.add_embedding("X_umap", job.result)
+            elif job.error:
+                self.show_error(job.error)
+
+        job.finished.connect(done)
+        self.docks["Jobs"].raise_()
+
+    def open_workspace(self, folder: str | Path) -> None:
+        try:
+            ws = self.session.open_workspace(folder)
+        except BioLLMError as e:
+            self.show_error(e.message)
+            return
+        self.setWindowTitle(f"{TITLE} — {Path(folder).name}")
+        if ws.data:
+            self.load_h5ad(ws.data[0], ws.settings)
+
+    def ask_open_data(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Open data", "", "Cells and sequences (*.h5ad *.fa *.fasta *.fna *.gb *.gbk "
+            "*.gz);;All files (*)")
+        if path:
+            self.open_path(path)
+
+    def ask_open_workspace(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Open workspace")
+        if folder:
+            self.open_path(folder)
+
+    def save_workspace(self, folder: str | Path | None = None) -> Path | None:
+        folder = folder or self.session.workspace.folder
+        if folder is None:
+            folder = QFileDialog.getExistingDirectory(self, "Save workspace in folder")
+            if not folder:
+                return None
+        try:
+            out = self.session.save_workspace(folder)
+        except (BioLLMError, OSError) as e:
+            self.show_error(error_text(e))
+            return None
+        log.info("workspace saved: %s", out)
+        self._remember(out)
+        return out
+
+    def ask_export_figure(self) -> None:
+        if self.session.cells.coords is None:
+            self.show_info("Nothing to export yet: open an .h5ad first.")
+            return
+        answer = ask_figure_path(self)
+        if answer is not None:
+            path, w, h, dpi = answer
+            try:
+                self.embedding.export(path, w, h, dpi)
+                self.session.record("figures", path)
+                log.info("figure written: %s", path)
+            except (BioLLMError, OSError) as e:
+                self.show_error(error_text(e))
+
+    # -- status bar ---------------------------------------------------------------------------
+    def detect_device(self) -> None:
+        """Import torch in a worker once the window is up, then name the device."""
+        from .state.system import detect_device
+
+        def done(name: str) -> None:
+            self.device_label.setText(f"Device: {name}")
+
+        self._start(detect_device, on_done=done)
+
+    def _show_memory(self) -> None:
+        from .state.system import process_memory_mb
+
+        mb = process_memory_mb()
+        self.memory_label.setText("" if mb is None else f"Memory: {mb:,.0f} MiB")
+
+    # -- closing ------------------------------------------------------------------------------
+    def closeEvent(self, event) -> None:
+        running = self.session.jobs.active()
+        if running:
+            answer = QMessageBox.question(
+                self, TITLE, f"{len(running)} job(s) still running. Cancel them and quit?\n\n"
+                "Yes: cancel and quit (training keeps its last checkpoint). "
+                "No: keep the window open and the jobs running.")
+            if answer != QMessageBox.StandardButton.Yes:
+                event.ignore()
+                return
+            self.runner.cancel_all()
+            self.runner.wait(30.0)
+        self.settings.setValue("geometry", self.saveGeometry())
+        self.settings.setValue("state", self.saveState())
+        event.accept()
+
+
