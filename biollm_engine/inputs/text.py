@@ -89,7 +89,8 @@ class TextDataset:
                               "must be one JSON object.") from None
         if not isinstance(obj, dict) or not isinstance(obj.get(self.cfg.text_field), str):
             raise BioLLMError(f"{self.path} line {lineno} has no string field "
-                              f"{self.cfg.text_field!r}; set text_field to the key holding the text.")
+                              f"{self.cfg.text_field!r}; set text_field to the key holding "
+                              "the text.")
         return obj[self.cfg.text_field]
 
     def _open_dataset(self):
@@ -132,7 +133,8 @@ class TextDataset:
             return (f"{len(self)} rows from the saved dataset {self.path.name}{split}, "
                     f"column {self.cfg.text_field}")
         if self.format == "jsonl":
-            return f"{len(self)} texts from {self.path.name} (JSON lines, field {self.cfg.text_field})"
+            return (f"{len(self)} texts from {self.path.name} (JSON lines, field "
+                    f"{self.cfg.text_field})")
         what = "paragraphs" if self.cfg.paragraphs else "lines"
         return f"{len(self)} {what} from {self.path.name}"
 
@@ -153,7 +155,8 @@ class TextDataset:
                 if self.format == "jsonl":
                     text = self._parse(text, -1)
                 else:
-                    text = text.strip("\r\n") if not self.cfg.paragraphs else text.strip()
+                    text = text.replace("\r\n", "\n")
+                    text = text.strip() if self.cfg.paragraphs else text.rstrip("\n")
                 yield i, text
 
     def examples(self, tokenizer, indices: Sequence[int] | None = None, genes_only: bool = False,
