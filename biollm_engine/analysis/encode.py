@@ -1,0 +1,94 @@
+"""Encode harvested tokens into sparse feature activations (CSR tokens x features, float32).
+
+Two sources, one output (`EncodedChunk`s with global token indices and sources):
+- `encode_cache`: an `ActivationCache`, read in chunks of `chunk_tokens` (bounded memory);
+- `encode_live`: a model and tokenized examples, captured at the dictionary's hookpoint.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Iterator
+
+import numpy as np
+import scipy.sparse as sp
+
+from ..errors import BioLLMError
+from ..progress import CancelToken, ProgressCallback, ProgressTracker
+from .chunks import SOURCE_FIELDS, EncodedChunk, TokenSources
+
+
+def sparse_from_topk(values, indices, num_features: int) -> sp.csr_matrix:
+    """(values, indices) [N, k] (zeros allowed as padding) -> CSR [N, num_features]."""
+    values = np.asarray(values, dtype=np.float32)
+    indices = np.asarray(indices, dtype=np.int64)
+    n, k = values.shape
+    m = sp.csr_matrix((values.ravel(), indices.ravel().astype(np.int32),
+                       np.arange(0, n * k + 1, k)), shape=(n, num_features))
+    m.sum_duplicates()  # sorts indices; padding zeros may repeat an index
+    m.eliminate_zeros()
+    return m
+
+
+def encode_activations(dictionary, x, batch_size: int = 4096) -> sp.csr_matrix:
+    """Encode activations [N, d_in] (tensor or array) with `dictionary.encode_sparse`."""
+    import torch
+
+    x = torch.as_tensor(x)
+    if x.ndim != 2 or x.shape[1] != dictionary.cfg.d_in:
+        raise BioLLMError(f"activations of shape {tuple(x.shape)} do not fit the dictionary "
+                          f"(d_in {dictionary.cfg.d_in}); use the dictionary of this hookpoint.")
+    parts = []
+    with torch.inference_mode():
+        for start in range(0, x.shape[0], batch_size):
+            xb = x[start:start + batch_size].to(dictionary.device, dictionary.dtype)
+            vals, idx = dictionary.encode_sparse(xb)
+            parts.append(sparse_from_topk(vals.float().cpu().numpy(), idx.cpu().numpy(),
+                                          dictionary.num_latents))
+    if not parts:
+        return sp.csr_matrix((0, dictionary.num_latents), dtype=np.float32)
+    return sp.vstack(parts, format="csr")
+
+
+def encode_cache(cache, dictionary, hookpoint: str | None = None, chunk_tokens: int = 16384,
+                 progress: ProgressCallback | None = None, cancel: CancelToken | None = None,
+                 ) -> Iterator[EncodedChunk]:
+    """Stream an activation cache through the dictionary, in token order."""
+    hookpoint = hookpoint or dictionary.cfg.hookpoint
+    if hookpoint not in cache.hookpoints:
+        raise BioLLMError(f"the cache has no hookpoint {hookpoint!r} (it has "
+                          f"{', '.join(cache.hookpoints)}); harvest it or pick another dictionary.")
+    from ..dictionaries.formats import check_fits
+
+    check_fits(dictionary, cache.widths[hookpoint])
+    sources = TokenSources.from_any(cache.sources())
+    n = cache.num_tokens
+    tracker = ProgressTracker("encode", total=n, callback=progress, cancel=cancel)
+    for start in range(0, n, chunk_tokens):
+        stop = min(n, start + chunk_tokens)
+        acts = encode_activations(dictionary, cache.read(hookpoint, start, stop))
+        yield EncodedChunk(acts, sources[start:stop], start)
+        tracker.update(steps=stop - start, tokens=stop - start)
+
+
+def encode_live(lm, examples: Iterable, dictionary, hookpoint: str | None = None,
+                batch_size: int = 8, max_length: int | None = None,
+                progress: ProgressCallback | None = None, cancel: CancelToken | None = None,
+                total: int | None = None) -> Iterator[EncodedChunk]:
+    """Run the model on tokenized examples and encode the kept tokens at the hookpoint, in the
+    same token order a harvest writes (so it equals `encode_cache` on that harvest)."""
+    import torch
+
+    from ..dictionaries.formats import check_fits
+    from ..harvest import kept_activations
+    from ..models import resolve_hookpoint
+
+    hp = resolve_hookpoint(lm, hookpoint or dictionary.cfg.hookpoint)
+    check_fits(dictionary, hp.width)
+    tracker = ProgressTracker("encode", total=total, callback=progress, cancel=cancel)
+    start = 0
+    for acts, src, n_examples in kept_activations(lm, examples, [hp.name], batch_size, max_length,
+                                                  dtype=torch.float32):
+        sources = TokenSources(*(src[name].numpy() for name in SOURCE_FIELDS))
+        yield EncodedChunk(encode_activations(dictionary, acts[hp.name]), sources, start)
+        start += len(sources)
+        tracker.update(steps=n_examples, tokens=len(sources))

@@ -1,0 +1,34 @@
+"""`biollm features`: what each feature of a dictionary means in cells, genes and bases."""
+
+from __future__ import annotations
+
+import argparse
+
+from .. import config
+from ..analysis.pipeline import FeaturesConfig
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "features", help="feature table: frequency, top genes, cell types, logit lens",
+        description="Encode a data set with a dictionary (live from the model, or from an "
+                    "activation cache with --cache), write one row per feature to --out "
+                    "(.csv/.tsv/.parquet; labels of an earlier export are kept), and optionally "
+                    "a new .h5ad with the cells x features matrix for scanpy (--write-h5ad).")
+    config.add_arguments(p, FeaturesConfig)
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..analysis.pipeline import run_features
+    from ..progress import TqdmProgress
+
+    cfg = config.from_args(FeaturesConfig, args)
+    with TqdmProgress("features", unit="tok") as bar:
+        result = run_features(cfg, progress=bar)
+    t = result.table.df
+    print(f"{len(t)} features, {int((t['frequency'] > 0).sum())} active over "
+          f"{result.stats.num_tokens} tokens: {cfg.out}")
+    if cfg.write_h5ad:
+        print(f"cells x features in obsm, table in uns: {cfg.write_h5ad}")
+    return 0
