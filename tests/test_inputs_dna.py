@@ -142,13 +142,16 @@ def test_model_tokenizer_tokens_map_to_their_first_base(fasta, records):
     multi = 0
     for ex in ds.examples(tok):
         w = table.loc[ex.record]
+        covered = []
         for tid, u in zip(ex.input_ids, ex.unit):
             piece = tok.decode([tid])
+            covered += range(u, u + len(piece))
             if w.strand == "+":
                 assert forward[w["name"]][u:u + len(piece)] == piece
             else:
-                assert reverse_complement(forward[w["name"]][u - len(piece) + 1:u + 1]) == piece
+                assert reverse_complement(forward[w["name"]][u:u + len(piece)]) == piece
             multi += len(piece) > 1
+        assert sorted(covered) == list(range(w.start, w.end))  # every base once, either strand
     assert multi > 50  # the BPE learned multi-base tokens
     with pytest.raises(BioLLMError, match="tokenizer"):
         next(ds.examples(None))

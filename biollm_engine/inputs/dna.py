@@ -3,8 +3,10 @@
 FASTA is streamed line by line, so a chromosome is never held in memory whole: only the current
 window's bases are buffered. Windows are planned from record lengths (one cheap validating pass),
 then cut while streaming a second time. Tokens are bytes (A=65, C=67, G=71, T=84, as Evo 2's
-CharLevelTokenizer makes them) or the model's own tokenizer; every token carries the forward-
-strand position of the first base it reads, also for reverse-complement windows.
+CharLevelTokenizer makes them) or the model's own tokenizer; every token carries the first
+(lowest) forward-strand position of the bases it reads, also in reverse-complement windows, so a
+token of n bases covers forward bases [unit, unit + n) on either strand. An example's `record` is
+its window; `windows_table()` maps windows to sequence records, starts and strands.
 """
 
 from __future__ import annotations
@@ -294,22 +296,25 @@ class DnaDataset:
             if drop > 0:
                 buf, buf_start = buf[drop:], buf_start + drop
 
-    def _units(self, w: Window, first: np.ndarray) -> np.ndarray:
-        """Forward-strand positions of window positions `first` (-1 stays -1)."""
-        pos = w.start + first if w.strand == "+" else w.end - 1 - first
-        return np.where(first >= 0, pos, -1).astype(np.int32)
+    @staticmethod
+    def _units(w: Window, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """The lowest forward-strand position covered by window positions [a, b) (-1 if empty),
+        so every token covers forward bases [unit, unit + b - a) on either strand."""
+        pos = w.start + a if w.strand == "+" else w.end - b
+        return np.where(b > a, pos, -1).astype(np.int32)
 
     def examples(self, tokenizer=None, indices: Sequence[int] | None = None,
                  genes_only: bool = False, max_length: int | None = None
                  ) -> Iterator[TokenizedExample]:
-        """Tokenized windows in file order; `unit` is each token's first base (forward strand).
-        `genes_only` does not apply to DNA and is ignored."""
+        """Tokenized windows in file order; `record` is the window index (see `windows_table`),
+        `unit` the lowest forward-strand base each token covers. `genes_only` does not apply."""
         if self.cfg.tokenizer == "byte":
             for w in self.windows(indices):
                 seq = w.seq[:max_length] if max_length else w.seq
                 ids = np.frombuffer(seq.encode("ascii"), dtype=np.uint8).astype(np.int64)
+                pos = np.arange(len(ids))
                 yield TokenizedExample(w.index, ids, np.ones(len(ids), dtype=bool),
-                                       self._units(w, np.arange(len(ids))), seq)
+                                       self._units(w, pos, pos + 1), seq)
             return
         if tokenizer is None:
             raise BioLLMError("tokenizer=model needs the model's tokenizer; load the model first "
@@ -326,6 +331,5 @@ class DnaDataset:
     def _tokenize(self, tokenizer, batch: list[Window], max_length):
         encoded = tokenize_with_offsets(tokenizer, [w.seq for w in batch], max_length)
         for w, (ids, offsets, special) in zip(batch, encoded):
-            has_span = ~special & (offsets[:, 1] > offsets[:, 0])
-            first = np.where(has_span, offsets[:, 0], -1)
-            yield TokenizedExample(w.index, ids, ~special, self._units(w, first), w.seq)
+            a, b = offsets[:, 0], np.where(special, offsets[:, 0], offsets[:, 1])
+            yield TokenizedExample(w.index, ids, ~special, self._units(w, a, b), w.seq)
