@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from biollm_engine.errors import BioLLMError
 from biollm_engine.inputs import (DnaConfig, DnaDataset, open_data, read_features, read_sequences,
-                                  reverse_complement, window_spans)
+                                  reverse_complement, window_spans, windows)
 from biollm_engine.inputs import dna as dna_module
 
 IUPAC = "ACGTNRYSWKMBDHV"
@@ -178,6 +178,7 @@ def test_fasta_gz_reads_the_same(fasta, tmp_path):
     b = open_data(gz, window=300, stride=250)
     assert a.windows_table().equals(b.windows_table())
     assert [w.seq for w in a.windows()] == [w.seq for w in b.windows()]
+    assert [w.seq for w in windows(gz, DnaConfig(300, 250))] == [w.seq for w in a.windows()]
 
 
 def test_genbank_record_with_features(tmp_path):
@@ -193,7 +194,8 @@ def test_genbank_record_with_features(tmp_path):
         SeqFeature(FeatureLocation(0, 900, strand=1), type="source"),
         SeqFeature(FeatureLocation(99, 402, strand=1), type="CDS",
                    qualifiers={"gene": ["abcA"], "locus_tag": ["T_0001"], "product": ["kinase"]}),
-        SeqFeature(FeatureLocation(500, 800, strand=-1), type="gene", qualifiers={"gene": ["xyzB"]}),
+        SeqFeature(FeatureLocation(500, 800, strand=-1), type="gene",
+                   qualifiers={"gene": ["xyzB"]}),
     ]
     path = tmp_path / "test.gbk"
     write([rec], path, "genbank")
@@ -235,7 +237,8 @@ def test_bad_inputs(tmp_path):
     (tmp_path / "headers.fa").write_text(">a\n>b\n")
     with pytest.raises(BioLLMError, match="no sequence"):
         open_data(tmp_path / "headers.fa")
-    (tmp_path / "cut.fa.gz").write_bytes(gzip.compress(b">a\n" + random_dna(20_000, 4).encode())[:2000])
+    cut = gzip.compress(b">a\n" + random_dna(20_000, 4).encode())[:2000]
+    (tmp_path / "cut.fa.gz").write_bytes(cut)
     with pytest.raises(BioLLMError, match="cannot be read"):
         open_data(tmp_path / "cut.fa.gz")
     locus = "LOCUS       X                         8 bp    DNA     linear   UNK 01-JAN-1980\n"

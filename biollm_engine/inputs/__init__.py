@@ -11,12 +11,12 @@ from ..errors import BioLLMError
 from .base import DataSource, TokenizedExample
 from .cells import CellDataset, CellSentenceConfig
 from .dna import (FASTA_SUFFIXES, GENBANK_SUFFIXES, DnaConfig, DnaDataset, read_features,
-                  read_sequences, reverse_complement, window_spans)
+                  read_sequences, reverse_complement, window_spans, windows)
 from .text import TextConfig, TextDataset, is_saved_dataset
 
 __all__ = ["DataSource", "TokenizedExample", "CellDataset", "CellSentenceConfig", "DnaConfig",
            "DnaDataset", "TextConfig", "TextDataset", "open_data", "data_kind", "read_features",
-           "read_sequences", "reverse_complement", "window_spans"]
+           "read_sequences", "reverse_complement", "window_spans", "windows"]
 
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 _KINDS = {"cells": (CellDataset, CellSentenceConfig), "dna": (DnaDataset, DnaConfig),

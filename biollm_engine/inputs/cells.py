@@ -41,7 +41,8 @@ _ENSEMBL = re.compile(r"^ENS[A-Z]*G\d{6,}(\.\d+)?$")
 class CellSentenceConfig:
     layer: str | None = field(default=None, metadata={
         "help": "matrix to rank genes by: unset for X, 'raw' for adata.raw, or a layer name"})
-    top_k: int = field(default=200, metadata={"help": "genes per cell sentence (top K by expression)"})
+    top_k: int = field(default=200, metadata={
+        "help": "genes per cell sentence (top K by expression)"})
     organism: str = field(default="Homo sapiens", metadata={"help": "organism named in the prompt"})
     template: str = field(default="cell_type_prediction", metadata={
         "help": "prompt: a named template (cell_type_prediction, sentence) or your own text "
@@ -49,7 +50,8 @@ class CellSentenceConfig:
     gene_symbol_column: str | None = field(default=None, metadata={
         "help": "var column holding gene symbols; unset: auto (gene_symbols, feature_name, "
                 "gene_name, symbol) when var_names are Ensembl ids"})
-    seed: int = field(default=1234, metadata={"help": "seed of the shuffle that breaks expression ties"})
+    seed: int = field(default=1234, metadata={
+        "help": "seed of the shuffle that breaks expression ties"})
     backed: Literal["auto", "yes", "no"] = field(default="auto", metadata={
         "help": "read the matrix from disk in chunks: auto (when the file is large), yes, no"})
 
@@ -279,13 +281,15 @@ class CellDataset:
         if kind == "scaled":
             name = "X" if which is None else which
             if which is None and store.has_raw:
-                raw_kind = detect_matrix_kind(self._sample_values(store.matrix("raw"), self.n_cells))
+                raw = store.matrix("raw")
+                raw_kind = detect_matrix_kind(self._sample_values(raw, self.n_cells))
                 if raw_kind != "scaled":
                     which, kind = "raw", raw_kind
                     note = "X is scaled (negative values), so raw was used"
             if kind == "scaled":
-                raise BioLLMError(f"{name} holds scaled data (negative values), so ranking genes by "
-                                  "expression is not meaningful; choose a counts or log-normalized "
+                raise BioLLMError(f"{name} holds scaled data (negative values), so ranking genes "
+                                  "by expression is not meaningful; choose a counts or "
+                                  "log-normalized "
                                   f"matrix with layer (layers: {store.layers or 'none'}"
                                   f"{', raw' if store.has_raw else ''}).")
         self.matrix_name = "X" if which is None else which

@@ -96,7 +96,8 @@ def sequence_format(path: str | Path) -> str:
             else:
                 raise BioLLMError(f"{path} is empty; it holds no sequence.")
     except (OSError, EOFError, gzip.BadGzipFile) as e:
-        raise BioLLMError(f"{path} cannot be read ({e}); check that the file is complete.") from None
+        raise BioLLMError(f"{path} cannot be read ({e}); check that the file is "
+                          "complete.") from None
     if line.startswith(">"):
         return "fasta"
     if line.startswith("LOCUS"):
@@ -182,7 +183,8 @@ def read_sequences(path: str | Path, uppercase: bool = True) -> Iterator[tuple[i
         for record, name, offset, chunk in reader(path):
             yield record, name, offset, chunk.upper() if uppercase else chunk
     except (OSError, EOFError, gzip.BadGzipFile) as e:
-        raise BioLLMError(f"{path} cannot be read ({e}); check that the file is complete.") from None
+        raise BioLLMError(f"{path} cannot be read ({e}); check that the file is "
+                          "complete.") from None
 
 
 def read_features(path: str | Path) -> pd.DataFrame:
@@ -333,3 +335,8 @@ class DnaDataset:
         for w, (ids, offsets, special) in zip(batch, encoded):
             a, b = offsets[:, 0], np.where(special, offsets[:, 0], offsets[:, 1])
             yield TokenizedExample(w.index, ids, ~special, self._units(w, a, b), w.seq)
+
+
+def windows(path: str | Path, cfg: DnaConfig | None = None) -> Iterator[Window]:
+    """Stream the windows of a FASTA / GenBank file (see `DnaDataset.windows`)."""
+    return DnaDataset(path, cfg).windows()
