@@ -191,3 +191,49 @@ def test_live_batches_match_the_cache(neox, tmp_path):
         torch.testing.assert_close(torch.cat([b[h] for b in batches]), cache.read(h))
     dropped = list(live_batches(neox, examples, hps, batch_size=16, drop_last=True))
     assert sum(len(b["layers.0"]) for b in dropped) == cache.num_tokens // 16 * 16
+
+
+def test_cli_harvest_of_pbmc_cells_maps_tokens_to_genes(tiny_model_dirs, pbmc_h5ad, tmp_path, capsys):
+    out = tmp_path / "cache"
+    rc = main(["harvest", "--model", str(tiny_model_dirs("gpt_neox")), "--data", str(pbmc_h5ad),
+               "--hookpoint", "layers.1", "--hookpoint", "layers.0.mlp.out", "--out", str(out),
+               "--max-tokens", "600", "--genes-only", "--data-option", "top_k=12",
+               "--batch-size", "4", "--device", "cpu"])
+    assert rc == 0
+    assert "harvested 600 tokens" in capsys.readouterr().out
+    cache = ActivationCache(out)
+    assert cache.num_tokens == 600 and cache.hookpoints == ["layers.1", "layers.0.mlp.out"]
+    genes = cache.meta["units"]
+    assert len(genes) == 765 and cache.meta["data_kind"] == "cells"
+    lm = load_model(tiny_model_dirs("gpt_neox"), device="cpu")
+    src = cache.sources()
+    complete = src[src["record"] < src["record"].max()]  # the last cell may be cut by max-tokens
+    per_cell = complete.groupby("record")["unit"].nunique()
+    assert (per_cell == 12).all()
+    for (record, unit), rows in list(complete.groupby(["record", "unit"], sort=False))[:40]:
+        assert lm.tokenizer.decode(rows["token_id"].tolist()).strip() == genes[unit]
+    acts = cache.read("layers.1")
+    assert acts.shape == (600, 64) and torch.isfinite(acts.float()).all()
+
+
+def test_cli_harvest_bad_input_is_one_line(tiny_model_dirs, pbmc_h5ad, tmp_path, capsys):
+    model = str(tiny_model_dirs("gpt_neox"))
+
+    def run(*argv):
+        rc = main(["harvest", "--out", str(tmp_path / "o"), "--device", "cpu", *argv])
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and err.startswith("biollm: error:") and "\n" not in err
+        return err
+
+    assert "does not exist" in run("--model", model, "--data", str(tmp_path / "none.h5ad"),
+                                   "--hookpoint", "layers.0")
+    err = run("--model", model, "--data", str(pbmc_h5ad), "--hookpoint", "layers.5.mlp.out")
+    assert "layers.5.mlp.out" in err and "valid names: embed, layers.0..layers.1" in err
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "config.json").write_text((tiny_model_dirs("gpt_neox") / "config.json").read_text())
+    assert "no tokenizer" in run("--model", str(bare), "--data", str(pbmc_h5ad),
+                                 "--hookpoint", "layers.0")
+    assert "KEY=VALUE" in run("--model", model, "--data", str(pbmc_h5ad), "--hookpoint",
+                              "layers.0", "--data-option", "top_k")
+    assert not (tmp_path / "o").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,7 +111,8 @@ def load_model(name_or_path: str, device: str = "auto", dtype: str = "float32",
     if arch.attn_implementation:
         kwargs["attn_implementation"] = arch.attn_implementation
     try:
-        model = cls.from_pretrained(source, **kwargs)
+        with _quiet_transformers():
+            model = cls.from_pretrained(source, **kwargs)
     except Exception as e:  # transformers and safetensors raise many types for one cause
         if local and not any(path.glob("*.safetensors")):
             raise BioLLMError(f"{where} has no .safetensors weights; convert the weights to "
@@ -136,6 +138,20 @@ def load_model(name_or_path: str, device: str = "auto", dtype: str = "float32",
                      d_model=int(config.hidden_size))
     lm.num_layers = len(lm.layers)
     return lm
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    """Engine code never prints: silence transformers' own loading bar while we load."""
+    from transformers.utils import logging
+
+    was = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            logging.enable_progress_bar()
 
 
 def _first_line(e: BaseException) -> str:
