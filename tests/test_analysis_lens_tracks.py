@@ -1,0 +1,96 @@
+"""Logit lens through the real final norm and unembedding; DNA per-base tracks and bedGraph."""
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from biollm_engine.analysis.chunks import TokenSources, chunked
+from biollm_engine.analysis.logit_lens import logit_lens, unembedding, vocab_map
+from biollm_engine.analysis.tracks import base_tracks, write_bedgraph
+from biollm_engine.errors import BioLLMError
+from biollm_engine.models import load_model
+
+
+@pytest.mark.parametrize("arch", ["gemma2", "llama"])
+def test_lens_ranks_tokens_like_the_model_reading_the_direction(arch, tiny_model_dirs):
+    """For RMSNorm models, lm_head(final_norm(d)) is W_U (g * d) up to a positive factor, so the
+    lens must rank tokens exactly as the model's own logits for a residual equal to d."""
+    lm = load_model(str(tiny_model_dirs(arch)), device="cpu")
+    norm = lm.module(lm.arch.final_norm)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn_like(norm.weight))  # a non-trivial scale
+    W_dec = torch.randn(6, lm.d_model)
+    lens = logit_lens(W_dec, *unembedding(lm), top_n=8, tokenizer=lm.tokenizer)
+    with torch.no_grad():
+        logits = lm.module(lm.arch.unembed)(norm(W_dec[:, None, :]))[:, 0]
+    np.testing.assert_array_equal(lens.promoted_ids, logits.topk(8).indices.numpy())
+    np.testing.assert_array_equal(lens.suppressed_ids,
+                                  logits.topk(8, largest=False).indices.numpy())
+
+
+def test_lens_aggregates_to_genes_and_cell_type_words(tiny_model_dirs):
+    lm = load_model(str(tiny_model_dirs("gpt_neox")), device="cpu")
+    tok = lm.tokenizer
+    # tokens of the tiny vocabulary that spell a gene symbol (MAL) and a cell-type word
+    gene_tok = tok.convert_tokens_to_ids("ĠMAL")
+    word_tok = tok.convert_tokens_to_ids("Ġexpression")
+    genes = ["LYZ", "MAL", "CD74"]
+    cell_types = ["CD14+ Monocyte", "High expression cell", "NK cell"]
+    gmap = vocab_map(tok, genes)
+    assert gmap[gene_tok] == 1
+    assert {tok.decode([t]).strip() for t in np.flatnonzero(gmap >= 0)} == {"MAL"}
+    cmap = vocab_map(tok, cell_types, words=True)
+    assert cmap[word_tok] == 1
+    assert cmap[tok.convert_tokens_to_ids("Ġcell")] == -1  # a generic word maps to no type
+
+    W_U, g = unembedding(lm)
+    with torch.no_grad():
+        W_U[gene_tok] *= 50  # make the gene token's direction dominant
+        W_U[word_tok] *= 50
+    W_dec = torch.stack([W_U[gene_tok] / g, W_U[word_tok] / g, -W_U[gene_tok] / g])
+    lens = logit_lens(W_dec, W_U, g, top_n=3, tokenizer=tok, genes=genes, cell_types=cell_types)
+    assert lens.promoted_ids[0, 0] == gene_tok and lens.suppressed_ids[2, 0] == gene_tok
+    cols = lens.columns()
+    assert cols["promoted_gene"][0] == "MAL"
+    assert cols["promoted_cell_type"][1] == "High expression cell"
+    assert cols["promoted"][0].startswith(repr(tok.decode([gene_tok])))
+    with pytest.raises(BioLLMError, match="decoder width"):
+        logit_lens(torch.zeros(2, 7), W_U)
+
+
+def test_encoder_without_unembedding_is_refused(tiny_model_dirs):
+    lm = load_model(str(tiny_model_dirs("bert")), device="cpu")
+    with pytest.raises(BioLLMError, match="no unembedding"):
+        unembedding(lm)
+
+
+def test_base_tracks_take_the_max_over_overlapping_windows(tmp_path):
+    # record 0 is 10 bases, read by two overlapping windows: bases 0-5 and 4-9
+    unit = np.r_[np.arange(0, 6), np.arange(4, 10), np.arange(0, 3)]
+    record = np.r_[np.zeros(12, int), np.ones(3, int)]
+    position = np.r_[np.arange(6), np.arange(6), np.arange(3)]
+    acts = np.zeros((15, 3), np.float32)
+    acts[4, 1] = 1.0     # window 1, base 4
+    acts[6, 1] = 2.0     # window 2, base 4: the max wins
+    acts[11, 1] = 0.5    # base 9
+    acts[13, 2] = 4.0    # record 1, base 1
+    src = TokenSources(record, position, np.full(15, 65), unit)
+    tracks = base_tracks(chunked(sp.csr_matrix(acts), src, 5), [1, 2], {0: 10, 1: 3})
+    expect0 = np.zeros((2, 10), np.float32)
+    expect0[0, 4], expect0[0, 9] = 2.0, 0.5
+    np.testing.assert_array_equal(tracks[0], expect0)
+    np.testing.assert_array_equal(tracks[1], [[0, 0, 0], [0, 4.0, 0]])
+    # a 3-base token (k-mer tokenizer) covers its bases
+    span = np.ones(100, int)
+    span[65] = 3
+    wide = base_tracks(chunked(sp.csr_matrix(acts), src, 50), [2], {0: 10, 1: 3}, span=span)
+    np.testing.assert_array_equal(wide[1], [[0, 4.0, 4.0]])
+
+    path = write_bedgraph(expect0[0], "chr1", tmp_path / "f1.bedgraph", name="feature_1")
+    lines = path.read_text().splitlines()
+    assert lines == ["track type=bedGraph name=feature_1", "chr1\t4\t5\t2", "chr1\t9\t10\t0.5"]
+    with pytest.raises(BioLLMError, match="chromosome"):
+        write_bedgraph(expect0[0], "chr 1", tmp_path / "x.bedgraph")
+    with pytest.raises(BioLLMError, match="out of range"):
+        base_tracks(chunked(sp.csr_matrix(acts), src, 50), [7], {0: 10, 1: 3})
