@@ -61,7 +61,7 @@ def test_ties_are_a_seeded_shuffle_then_stable_sort(cells, pbmc):
     x = raw_row(pbmc, i)
     cols = np.flatnonzero(x > 0)
     # C2S: shuffle the cell's genes, then stable-sort by descending expression
-    shuffled = cols[np.argsort(tie_keys(1234, np.full(len(cols), i), cols))]
+    shuffled = cols[np.argsort(tie_keys(1234, np.full(len(cols), i), cols), kind="stable")]
     expected = shuffled[np.argsort(-x[shuffled], kind="stable")][:200]
     assert np.array_equal(cells.ranked([i])[0], expected)
     # ties are common (many genes with one count) and their order is shuffled, not column order
