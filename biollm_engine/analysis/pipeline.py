@@ -49,6 +49,9 @@ class FeaturesConfig:
     top_k: int = field(default=200, metadata={"help": "genes per cell sentence (cells, live)"})
     layer: str | None = field(default=None, metadata={
         "help": "matrix the cell sentences rank genes by: X (unset), 'raw' or a layer name"})
+    template: str = field(default="cell_type_prediction", metadata={
+        "help": "cell-sentence prompt: cell_type_prediction, sentence, or text with "
+                "{cell_sentence} (use the one the dictionary was trained with)"})
     batch_size: int = field(default=8, metadata={"help": "examples per forward pass (live)"})
     chunk_tokens: int = field(default=16384, metadata={"help": "tokens encoded per chunk"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or mps"})
@@ -133,7 +136,7 @@ def run_features(cfg: FeaturesConfig, progress: ProgressCallback | None = None,
     options = {}
     kind_is_cells = data_path.suffix.lower() == ".h5ad"
     if kind_is_cells:
-        options = {"top_k": cfg.top_k, "layer": cfg.layer}
+        options = {"top_k": cfg.top_k, "layer": cfg.layer, "template": cfg.template}
     data = open_data(cfg.data, **options)
     if cfg.write_h5ad and data.kind != "cells":
         raise BioLLMError("--write-h5ad needs .h5ad cell data.")

@@ -1,0 +1,72 @@
+"""Encoding real model activations: from the activation cache and live, the same features."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from biollm_engine.analysis.encode import encode_activations, encode_cache, encode_live
+from biollm_engine.analysis.pipeline import analyze
+from biollm_engine.cache import ActivationCache
+from biollm_engine.dictionaries.config import DictionaryConfig
+from biollm_engine.dictionaries.dictionary import Dictionary
+from biollm_engine.errors import BioLLMError
+from biollm_engine.harvest import HarvestConfig, harvest
+from biollm_engine.inputs.cells import CellDataset, CellSentenceConfig
+from biollm_engine.models import load_model
+
+CELLS = np.arange(0, 700, 25)  # 28 cells of every type
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_model_dirs, pbmc_h5ad, tmp_path_factory):
+    lm = load_model(str(tiny_model_dirs("gpt_neox")), device="cpu")
+    ds = CellDataset(pbmc_h5ad, CellSentenceConfig(layer="raw", top_k=20, template="sentence"))
+    torch.manual_seed(0)
+    d = Dictionary(DictionaryConfig(kind="sae", activation="topk", d_in=64, num_latents=48, k=6,
+                                    hookpoint="layers.1")).eval()
+    cache = harvest(lm, ds.examples(lm.tokenizer, indices=CELLS),
+                    HarvestConfig(hookpoints=["layers.1"], batch_size=4, shard_tokens=300,
+                                  store_dtype="float32"),
+                    tmp_path_factory.mktemp("cache"), meta={"units": ds.genes})
+    return lm, ds, d, cache
+
+
+def test_sparse_encoding_equals_the_dictionary_dense_encoding(setup):
+    _, _, d, cache = setup
+    x = cache.read("layers.1", 0, 500)
+    m = encode_activations(d, x, batch_size=128)
+    np.testing.assert_array_equal(m.toarray(), d.encode(x).numpy())
+    assert m.dtype == np.float32 and (m.getnnz(axis=1) <= 6).all()
+
+
+def test_cache_stream_equals_live_encoding(setup):
+    lm, ds, d, cache = setup
+    kw = dict(genes=ds.genes, obs=ds.obs, obs_keys=["bulk_labels"], tokenizer=lm.tokenizer,
+              top_n=5)
+    from_cache = analyze(encode_cache(cache, d, chunk_tokens=97), 48,
+                         sources=ActivationCache(cache.dir).sources(), **kw)
+    live = analyze(encode_live(lm, ds.examples(lm.tokenizer, indices=CELLS), d, batch_size=4),
+                   48, **kw)
+    assert from_cache.stats.num_tokens == cache.num_tokens == live.stats.num_tokens
+    pd.testing.assert_frame_equal(from_cache.table.df, live.table.df, rtol=1e-5)
+    np.testing.assert_allclose(from_cache.stats.cell_max.toarray(),
+                               live.stats.cell_max.toarray(), rtol=1e-5)
+    # cells outside the harvest have no activations; harvested ones do
+    active = np.flatnonzero(from_cache.stats.cell_tokens)
+    np.testing.assert_array_equal(active, CELLS)
+    assert from_cache.table.df["top_context"].str.contains(r"\[").any()
+
+
+def test_dictionary_that_does_not_fit_is_refused(setup):
+    lm, ds, _, cache = setup
+    narrow = Dictionary(DictionaryConfig(kind="sae", d_in=32, num_latents=8, k=2,
+                                         hookpoint="layers.1"))
+    with pytest.raises(BioLLMError, match="width"):
+        next(encode_cache(cache, narrow))
+    with pytest.raises(BioLLMError, match="width"):
+        next(encode_live(lm, ds.examples(lm.tokenizer, indices=[0]), narrow))
+    other = Dictionary(DictionaryConfig(kind="sae", d_in=64, num_latents=8, k=2,
+                                        hookpoint="layers.0"))
+    with pytest.raises(BioLLMError, match="no hookpoint 'layers.0'"):
+        next(encode_cache(cache, other))
