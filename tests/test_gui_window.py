@@ -5,6 +5,7 @@ import pytest
 from PySide6.QtCore import QMimeData, QPointF, QRectF, QSettings, QUrl
 from PySide6.QtWidgets import QMessageBox
 
+from biollm_engine.inputs.cells import CellDataset
 from workbench.window import MainWindow
 
 
@@ -114,9 +115,12 @@ def test_lasso_selection_and_click_shows_cell_sentence(qtbot, window, pbmc, pbmc
     assert i is not None and np.linalg.norm(xy[i] - xy[0]) < 1.0
     window.embedding._click(*xy[i])
     chips = window.data_panel.sentence.genes
+    # the engine's cell sentence (X is scaled, so raw is ranked), highest expression first
+    assert chips == CellDataset(pbmc_h5ad).sentence(i)[:len(chips)]
     row = pbmc.raw.X[i].toarray().ravel()
-    top = np.argsort(-row, kind="stable")[:5]
-    assert chips[:5] == [g.upper() for g in pbmc.raw.var_names[top]]
+    genes = [g.upper() for g in pbmc.raw.var_names]
+    chip_values = [row[genes.index(g)] for g in chips]
+    np.testing.assert_array_equal(chip_values, np.sort(row)[::-1][:len(chips)])
     assert cells.cell_id(i) in window.data_panel.sentence.header.text()
     assert "bulk_labels" in window.embedding.hover_text(i)
 

@@ -29,6 +29,9 @@ def create(argv: list[str] | None = None):
     parser.add_argument("path", nargs="?", help=".h5ad file, workspace folder, model or "
                         "dictionary folder, or FASTA/GenBank file to open")
     args = parser.parse_args(argv)
+    from .state.system import limit_compute_threads
+
+    limit_compute_threads()  # before numpy or torch start their thread pools
 
     from PySide6.QtCore import QTimer
     from PySide6.QtWidgets import QApplication

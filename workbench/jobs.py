@@ -7,6 +7,7 @@ each `Progress` to the GUI thread, where the `Job` model is updated and the view
 from __future__ import annotations
 
 import logging
+import sys
 import time
 
 from PySide6.QtCore import QCoreApplication, QObject, Qt, Signal, Slot
@@ -16,6 +17,7 @@ from biollm_engine.errors import BioLLMError
 from biollm_engine.progress import Cancelled
 
 from .state.jobs import CANCELLED, DONE, FAILED, RUNNING, Job, JobList
+from .state.system import compute_threads
 
 log = logging.getLogger("workbench")
 
@@ -38,7 +40,14 @@ class _Bridge(QObject):
 _STOPPED = object()  # what a cancelled job returns
 
 
+def reserve_core_for_ui() -> None:
+    torch = sys.modules.get("torch")  # importing it here would hold the GIL for a second
+    if torch is not None and torch.get_num_threads() > compute_threads():
+        torch.set_num_threads(compute_threads())
+
+
 def _call(job: Job, emit):
+    reserve_core_for_ui()
     try:
         job.cancel_token.raise_if_cancelled()
         return job.fn(progress=emit, cancel=job.cancel_token)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
-from PySide6.QtCore import QMimeData, QSettings, Qt, QTimer
+from PySide6.QtCore import QMimeData, QProcess, QSettings, Qt, QTimer
 from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import (QDockWidget, QFileDialog, QLabel, QMainWindow, QMessageBox,
                                QWidget)
@@ -295,13 +296,18 @@ class MainWindow(QMainWindow):
 
     # -- status bar ---------------------------------------------------------------------------
     def detect_device(self) -> None:
-        """Import torch in a worker once the window is up, then name the device."""
-        from .state.system import detect_device
+        """Name the compute device from a child process: importing torch here, even in a
+        worker thread, would hold the GIL and freeze the window for a second."""
+        proc = QProcess(self)
+        self._device_process = proc
 
-        def done(name: str) -> None:
-            self.device_label.setText(f"Device: {name}")
+        def done(*_) -> None:
+            out = bytes(proc.readAllStandardOutput()).decode(errors="replace").strip()
+            self.device_label.setText(f"Device: {out.splitlines()[-1] if out else 'unknown'}")
 
-        self._start(detect_device, on_done=done)
+        proc.finished.connect(done)
+        proc.start(sys.executable, ["-c", "from workbench.state.system import detect_device; "
+                                          "print(detect_device())"])
 
     def _show_memory(self) -> None:
         from .state.system import process_memory_mb

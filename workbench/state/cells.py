@@ -36,6 +36,7 @@ class CellsState:
         self.current: int | None = None
         self.gene_values: dict[str, float] = {}
         self._coords: np.ndarray | None = None
+        self._reader = None  # the engine's CellDataset, made on the first click
         self._colouring = col.Colouring("none")
 
     # -- data ---------------------------------------------------------------------------------
@@ -50,7 +51,7 @@ class CellsState:
         self.selection = np.empty(0, dtype=np.int64)
         keys = self.embedding_keys()
         self.obsm_key = UMAP_KEY if UMAP_KEY in keys else (keys[0] if keys else None)
-        self._coords = None
+        self._coords = self._reader = None
         cats = self.categorical_columns()
         self.type_key = next((c for c in ("cell_type", "celltype", "bulk_labels", "leiden",
                                           "louvain") if c in cats), cats[0] if cats else None)
@@ -173,16 +174,16 @@ class CellsState:
             return ""
         return str(self.adata.obs[self.type_key].iloc[i])
 
-    def sentence(self, i: int, max_genes: int | None = None) -> list[tuple[str, float]]:
-        """The cell's genes ranked by expression, highest first, as Cell2Sentence writes them."""
-        from .expression import cell_sentence
+    def sentence(self, i: int) -> list[tuple[str, float]]:
+        """The cell's sentence as the model reads it (Cell2Sentence ranking), with expression."""
+        from .expression import cell_sentence, sentence_reader
 
-        return cell_sentence(self.adata, i, max_genes)
+        if self._reader is None:
+            self._reader = sentence_reader(self.adata)
+        return cell_sentence(self._reader, self.adata, i)
 
     def summary(self) -> dict:
-        from .expression import matrix_name
-
         a = self.adata
         return {"path": str(self.path or ""), "n_cells": a.n_obs, "n_genes": a.n_vars,
-                "matrix": matrix_name(a), "obs": [str(c) for c in a.obs.columns],
-                "obsm": list(a.obsm.keys())}
+                "obs": [str(c) for c in a.obs.columns], "obsm": list(a.obsm.keys()),
+                "matrix": "raw.X" if a.raw is not None else "X"}

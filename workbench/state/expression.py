@@ -32,30 +32,25 @@ def read_cells(path: str | Path):
     return adata
 
 
-def _matrix(adata):
-    return adata.raw if adata.raw is not None else adata
+def sentence_reader(adata):
+    """The engine's cell-sentence reader over an open AnnData (the model's view of a cell)."""
+    from biollm_engine.inputs.cells import CellDataset
+
+    return CellDataset(adata)
 
 
-def matrix_name(adata) -> str:
-    return "raw.X" if adata.raw is not None else "X"
+def _matrix(adata, name: str):
+    if name == "raw":
+        return adata.raw.X
+    return adata.X if name == "X" else adata.layers[name]
 
 
-def expression_row(adata, i: int) -> np.ndarray:
-    row = _matrix(adata).X[int(i)]
-    if hasattr(row, "toarray"):
-        row = row.toarray()
-    return np.asarray(row, dtype=np.float32).ravel()
-
-
-def cell_sentence(adata, i: int, max_genes: int | None = None) -> list[tuple[str, float]]:
-    """Expressed genes (value > 0) of cell `i`, highest first; ties keep the gene order."""
-    row = expression_row(adata, i)
-    genes = _matrix(adata).var_names
-    expressed = np.flatnonzero(row > 0)
-    order = expressed[np.argsort(-row[expressed], kind="stable")]
-    if max_genes is not None:
-        order = order[:max_genes]
-    return [(str(genes[g]).upper(), float(row[g])) for g in order]
+def cell_sentence(reader, adata, i: int) -> list[tuple[str, float]]:
+    """Cell `i`'s sentence (its top genes by expression, highest first) with each expression."""
+    genes = reader.ranked([int(i)])[0]
+    row = _matrix(adata, reader.matrix_name)[int(i)]
+    row = np.asarray(row.toarray() if hasattr(row, "toarray") else row, dtype=np.float32).ravel()
+    return [(reader.genes[g], float(row[g])) for g in genes]
 
 
 def compute_umap(adata) -> np.ndarray:

@@ -5,6 +5,21 @@ from __future__ import annotations
 import os
 
 
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def compute_threads() -> int:
+    """Threads for jobs: all cores but one, which stays with the GUI thread (torch's and BLAS's
+    threads spin while they wait and would otherwise starve the event loop)."""
+    return max(1, (os.cpu_count() or 2) - 1)
+
+
+def limit_compute_threads() -> None:
+    """Set the thread pools' sizes before numpy or torch load; the user's settings win."""
+    for name in THREAD_VARIABLES:
+        os.environ.setdefault(name, str(compute_threads()))
+
+
 def detect_device() -> str:
     """"CUDA: <name>", "MPS" or "CPU". Imports torch, so call it in a worker after start-up."""
     import torch

@@ -8,6 +8,8 @@ from PySide6.QtCore import Signal
 from PySide6.QtWidgets import (QComboBox, QFormLayout, QGroupBox, QLabel, QListWidget,
                                QPushButton, QVBoxLayout, QWidget)
 
+from biollm_engine.errors import BioLLMError
+
 from ..state.session import Session
 from .sentence import SentenceView
 
@@ -68,7 +70,7 @@ class DataPanel(QWidget):
         s = c.summary()
         obs = ", ".join(s["obs"][:12]) + (" …" if len(s["obs"]) > 12 else "")
         self.summary.setText(f"<b>{Path(s['path']).name or 'cells'}</b><br>{s['n_cells']:,} cells "
-                             f"× {s['n_genes']:,} genes, matrix {s['matrix']}<br>obs: {obs}")
+                             f"× {s['n_genes']:,} genes ({s['matrix']})<br>obs: {obs}")
         _fill(self.embedding, c.embedding_keys(), c.obsm_key)
         self.umap_button.setVisible(c.obsm_key is None)
         self._fill_colour()
@@ -88,7 +90,12 @@ class DataPanel(QWidget):
             return
         i = c.current
         title = f"<b>{c.cell_id(i)}</b>" + (f" ({c.cell_type(i)})" if c.type_key else "")
-        self.sentence.show_sentence(title, c.sentence(i), c.gene_values)
+        try:
+            sentence = c.sentence(i)
+        except BioLLMError as e:
+            self.sentence.show_message(f"{title}: {e.message}")
+            return
+        self.sentence.show_sentence(title, sentence, c.gene_values)
 
     def _on_workspace(self) -> None:
         seqs = self.session.workspace.sequences

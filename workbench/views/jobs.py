@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pyqtgraph as pg
-from PySide6.QtCore import Qt
+from PySide6.QtCore import Qt, QTimer
 from PySide6.QtWidgets import (QHeaderView, QProgressBar, QSplitter, QTableWidget,
                                QTableWidgetItem, QToolButton, QVBoxLayout, QWidget)
 
@@ -39,9 +39,11 @@ class JobsPanel(QWidget):
         for i, name in enumerate(METRICS):
             p = self.plots.addPlot(row=0, col=i, title=name)
             p.titleLabel.setText(name, color="#333", size="9pt")
-            for ax in ("left", "bottom"):
-                p.getAxis(ax).setPen("#333")
-                p.getAxis(ax).setTextPen("#333")
+            p.getAxis("left").setPen("#333")
+            p.getAxis("left").setTextPen("#333")
+            p.getAxis("left").setWidth(42)
+            p.getAxis("bottom").setStyle(showValues=False)  # steps: in the row; axes cost paint
+            p.setMouseEnabled(x=False, y=False)
             self.curves[name] = p.plot(pen=pg.mkPen("#1f77b4", width=2))
         splitter = QSplitter(Qt.Orientation.Vertical)
         splitter.addWidget(self.table)
@@ -51,6 +53,13 @@ class JobsPanel(QWidget):
         lay.addWidget(splitter)
         self.rows: list[Job] = []
         self.shown: Job | None = None
+        # progress can arrive many times a second: rows redraw at most 4 times a second and the
+        # plots once a second (painting them is the costliest thing the GUI thread does here)
+        self._dirty: set[Job] = set()
+        self._flush_timer = QTimer(self, singleShot=True, interval=250)
+        self._flush_timer.timeout.connect(self._flush)
+        self._plot_timer = QTimer(self, singleShot=True, interval=1000)
+        self._plot_timer.timeout.connect(lambda: self._draw(self.shown))
         self.table.currentCellChanged.connect(lambda r, *_: self.show_metrics(
             self.rows[r] if 0 <= r < len(self.rows) else None))
         jobs.added.connect(self._add)
@@ -71,9 +80,21 @@ class JobsPanel(QWidget):
         cancel.setIcon(icon("fa5s.stop-circle", "#b03030"))
         cancel.clicked.connect(job.cancel)
         self.table.setCellWidget(r, 4, cancel)
-        job.changed.connect(lambda j=job: self._update(j))
+        job.changed.connect(lambda j=job: self._changed(j))
         self.show_metrics(job)
         self._update(job)
+
+    def _changed(self, job: Job) -> None:
+        self._dirty.add(job)
+        if not job.active:
+            self._flush()
+        elif not self._flush_timer.isActive():
+            self._flush_timer.start()
+
+    def _flush(self) -> None:
+        dirty, self._dirty = self._dirty, set()
+        for job in dirty:
+            self._update(job)
 
     def row_of(self, job: Job) -> int:
         return self.rows.index(job)
@@ -95,8 +116,10 @@ class JobsPanel(QWidget):
         self.table.item(r, 3).setText(status)
         self.table.item(r, 3).setToolTip(status)
         self.table.cellWidget(r, 4).setEnabled(job.active and not job.cancel_token.cancelled)
-        if job is self.shown:
+        if job is self.shown and not job.active:
             self._draw(job)
+        elif job is self.shown and not self._plot_timer.isActive():
+            self._plot_timer.start()
 
     def show_metrics(self, job: Job | None) -> None:
         self.shown = job
@@ -106,3 +129,6 @@ class JobsPanel(QWidget):
         for name, curve in self.curves.items():
             steps, values = job.history.get(name, ([], [])) if job else ([], [])
             curve.setData(steps, values)
+            last = f" {values[-1]:.3g}" if values else ""
+            curve.getViewBox().parentItem().titleLabel.setText(f"{name}{last}", color="#333",
+                                                               size="9pt")

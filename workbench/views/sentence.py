@@ -29,15 +29,23 @@ class SentenceView(QWidget):
         self._cmap = pg.colormap.get("viridis")
         self.genes: list[str] = []
 
-    def show_sentence(self, title: str, sentence: list[tuple[str, float]],
-                      gene_values: dict[str, float] | None = None) -> None:
+    def _clear(self) -> None:
+        self.genes = []
         while self.flow.count():
             w = self.flow.takeAt(0).widget()
             if w is not None:
                 w.deleteLater()
+
+    def show_message(self, text: str) -> None:
+        self._clear()
+        self.header.setText(text)
+
+    def show_sentence(self, title: str, sentence: list[tuple[str, float]],
+                      gene_values: dict[str, float] | None = None) -> None:
+        self._clear()
         shown = sentence[:MAX_CHIPS]
         more = len(sentence) - len(shown)
-        self.header.setText(f"{title} — {len(sentence)} expressed genes, highest first"
+        self.header.setText(f"{title}: cell sentence of {len(sentence)} genes, highest first"
                             + (f" (first {MAX_CHIPS} shown)" if more > 0 else ""))
         top = max((abs(v) for v in (gene_values or {}).values()), default=0.0) or 1.0
         self.genes = [g for g, _ in shown]
