@@ -146,6 +146,24 @@ def test_backed_reading_gives_the_same_sentences(pbmc_h5ad, cells, tokenizer):
         assert np.allclose(backed.obsm("X_umap"), cells.obsm("X_umap"))
 
 
+def test_auto_backed_when_the_file_is_large_for_memory(pbmc_h5ad, cells, monkeypatch):
+    from biollm_engine.inputs import cells as cells_module
+
+    monkeypatch.setattr(cells_module, "BACKED_MEMORY_FRACTION", 1e-6)
+    with open_data(pbmc_h5ad) as auto:
+        assert "from disk" in auto.describe()
+        assert auto.sentence(42) == cells.sentence(42)
+
+
+def test_gene_major_matrices(pbmc, tmp_path, cells):
+    a = ad.AnnData(X=sp.csc_matrix(pbmc.raw.X), obs=pbmc.obs[[]].copy(),
+                   var=pd.DataFrame(index=pbmc.raw.var_names))
+    a.write_h5ad(tmp_path / "csc.h5ad")
+    assert open_data(tmp_path / "csc.h5ad", backed="no").sentence(8) == cells.sentence(8)
+    with pytest.raises(BioLLMError, match="CSC"):
+        open_data(tmp_path / "csc.h5ad", backed="yes")
+
+
 def test_counts_layer_and_obs(pbmc, tmp_path):
     a = ad.AnnData(X=pbmc.X.copy(), obs=pbmc.obs.copy(), var=pbmc.var.copy(),
                    obsm={"X_umap": pbmc.obsm["X_umap"]})

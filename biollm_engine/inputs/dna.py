@@ -15,6 +15,7 @@ import gzip
 import io
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Iterator, Literal, Sequence
 
@@ -252,8 +253,9 @@ class DnaDataset:
     def units(self) -> None:
         return None
 
-    @property
+    @cached_property
     def features(self) -> pd.DataFrame:
+        """GenBank features (see `read_features`); empty for FASTA."""
         return read_features(self.path)
 
     def windows_table(self) -> pd.DataFrame:
