@@ -103,6 +103,22 @@ def test_long_record_streams_across_chunks(tmp_path, monkeypatch):
     assert [w.index for w in ds.windows(indices=[16, 3])] == [3, 16]
 
 
+def test_windows_in_assembly_gaps_can_be_skipped(tmp_path, monkeypatch):
+    monkeypatch.setattr(dna_module, "CHUNK_BASES", 500)  # a gap across chunk boundaries
+    seq = "N" * 1200 + random_dna(700, 6) + "n" * 300 + random_dna(250, 7) + "N" * 90
+    path = write_fasta(tmp_path / "gaps.fa", [("chr", seq), ("allN", "N" * 400)])
+    every = DnaDataset(path, DnaConfig(window=200, stride=100))
+    ds = DnaDataset(path, DnaConfig(window=200, stride=100, max_n_fraction=0.5))
+    spans = window_spans(len(seq), 200, 100)
+    n_frac = [seq[s:e].upper().count("N") / (e - s) for s, e in spans]
+    expected = [(s, e) for (s, e), f in zip(spans, n_frac) if f <= 0.5]
+    assert 0 < len(expected) < len(spans) and len(every) == len(spans) + 3
+    table = ds.windows_table()
+    assert list(zip(table.start, table.end)) == expected and set(table.name) == {"chr"}
+    assert [w.seq for w in ds.windows()] == [seq[s:e].upper() for s, e in expected]
+    assert "over 50% N skipped" in ds.describe()
+
+
 def test_byte_tokens_map_to_forward_bases(fasta, records):
     ds = open_data(fasta, window=64, stride=50, reverse_complement=True)
     forward = {name: seq.upper() for name, seq in records}

@@ -26,6 +26,7 @@ from ..errors import BioLLMError
 from .base import TokenizedExample, tokenize_with_offsets
 
 IUPAC = "ACGTNRYSWKMBDHV"
+_N_RUN = re.compile("[Nn]+")
 _BAD = re.compile(f"[^{IUPAC}{IUPAC.lower()}]")
 _COMPLEMENT = str.maketrans("ACGTRYSWKMBDHVNacgtryswkmbdhvn", "TGCAYRSWMKVHDBNtgcayrswmkvhdbn")
 FASTA_SUFFIXES = (".fa", ".fasta", ".fna", ".ffn", ".frn", ".fas")
@@ -46,6 +47,8 @@ class DnaConfig:
         "help": "byte: one token per base, its ASCII code (Evo 2); model: the model's tokenizer"})
     uppercase: bool = field(default=True, metadata={
         "help": "upper-case soft-masked (lower-case) bases before tokenizing"})
+    max_n_fraction: float = field(default=1.0, metadata={
+        "help": "skip windows with a larger fraction of N (assembly gaps); 1 keeps every window"})
 
     def __post_init__(self):
         if self.stride is None:
@@ -221,6 +224,20 @@ def window_spans(length: int, window: int, stride: int) -> np.ndarray:
     return np.stack([starts[:n], ends[:n]], axis=1)
 
 
+def n_count(spans: np.ndarray, runs: list[tuple[int, int]]) -> np.ndarray:
+    """Number of bases of sorted, disjoint N runs [s, e) inside each span [start, end)."""
+    if not runs:
+        return np.zeros(len(spans), dtype=np.int64)
+    r = np.asarray(runs, dtype=np.int64)
+    cum = np.concatenate([[0], np.cumsum(r[:, 1] - r[:, 0])])
+
+    def before(x):  # N bases at positions < x
+        k = np.searchsorted(r[:, 0], x, side="right")
+        return cum[k] - np.maximum(r[np.maximum(k - 1, 0), 1] - x, 0) * (k > 0)
+
+    return before(spans[:, 1]) - before(spans[:, 0])
+
+
 class DnaDataset:
     """Windows over the records of a FASTA / GenBank file (a DataSource: records are windows)."""
 
@@ -230,16 +247,26 @@ class DnaDataset:
         self.cfg = cfg = cfg or DnaConfig()
         self.path = Path(path)
         self.format = sequence_format(self.path)
-        names, lengths = [], []
+        names, lengths, gaps = [], [], []
         for record, name, offset, chunk in read_sequences(self.path, cfg.uppercase):
             if record == len(names):
                 names.append(name)
                 lengths.append(0)
+                gaps.append([])
             lengths[record] = offset + len(chunk)
+            if cfg.max_n_fraction < 1:
+                for m in _N_RUN.finditer(chunk):
+                    s, e = offset + m.start(), offset + m.end()
+                    if gaps[record] and gaps[record][-1][1] == s:  # a run across chunks
+                        s = gaps[record].pop()[0]
+                    gaps[record].append((s, e))
         if not names or sum(lengths) == 0:
             raise BioLLMError(f"{self.path} holds no sequence (no records with bases).")
         self.records = pd.DataFrame({"name": names, "length": np.asarray(lengths, np.int64)})
         self._spans = [window_spans(n, cfg.window, cfg.stride) for n in lengths]
+        if cfg.max_n_fraction < 1:
+            self._spans = [s[n_count(s, g) <= cfg.max_n_fraction * (s[:, 1] - s[:, 0])]
+                           for s, g in zip(self._spans, gaps)]
         strands = ("+", "-") if cfg.reverse_complement else ("+",)
         rows = [(r, names[r], s, e, strand) for r, spans in enumerate(self._spans)
                 for s, e in spans.tolist() for strand in strands]
@@ -267,6 +294,8 @@ class DnaDataset:
         cfg = self.cfg
         kind = "GenBank" if self.format == "genbank" else "FASTA"
         both = ", both strands" if cfg.reverse_complement else ""
+        if cfg.max_n_fraction < 1:
+            both += f", windows over {cfg.max_n_fraction:.0%} N skipped"
         tok = "byte tokens" if cfg.tokenizer == "byte" else "the model's tokenizer"
         return (f"{len(self.records)} records, {int(self.records.length.sum()):,} bases from "
                 f"{self.path.name} ({kind}), {len(self)} windows of {cfg.window} bases with "
