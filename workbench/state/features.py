@@ -61,6 +61,7 @@ def feature_stats(matrix, types=None, labels: dict[int, str] | None = None) -> p
         onehot = sp.csr_matrix((np.ones(n), (cat.codes.clip(0), np.arange(n))),
                                shape=(len(cat.categories), n))
         counts = np.maximum(np.bincount(cat.codes.clip(0), minlength=len(cat.categories)), 1)
-        per_type = np.asarray(onehot @ m) / counts[:, None]
+        sums = onehot @ m
+        per_type = (sums.toarray() if sp.issparse(sums) else np.asarray(sums)) / counts[:, None]
         df["top_type"] = np.asarray(cat.categories.astype(str))[np.argmax(per_type, axis=0)]
     return df

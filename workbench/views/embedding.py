@@ -308,7 +308,9 @@ class EmbeddingView(QWidget):
         from .export import export_figure
 
         item = self.glw.ci
-        self.oversample = max(1.0, width_px / max(item.sceneBoundingRect().width(), 1.0))
+        r = item.sceneBoundingRect()
+        self.oversample = max(1.0, width_px / max(r.width(), 1.0),
+                              (height_px or 0) / max(r.height(), 1.0))
         try:
             self.redraw()
             return export_figure(item, path, width_px, height_px, dpi)

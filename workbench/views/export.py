@@ -9,8 +9,8 @@ from pathlib import Path
 
 from typing import TYPE_CHECKING
 
-from PySide6.QtCore import QMarginsF, QRectF, QSizeF
-from PySide6.QtGui import QGuiApplication, QPageSize, QPainter, QPdfWriter
+from PySide6.QtCore import QMarginsF, QRect, QRectF, QSize, QSizeF, Qt
+from PySide6.QtGui import QGuiApplication, QImage, QPageSize, QPainter, QPdfWriter
 from PySide6.QtWidgets import (QDialog, QDialogButtonBox, QDoubleSpinBox, QFileDialog,
                                QFormLayout, QSpinBox)
 
@@ -31,11 +31,21 @@ def _size(item, width_px: int, height_px: int | None) -> tuple[int, int]:
     return int(width_px), int(height_px)
 
 
+def _render(item, device, w: int, h: int) -> None:
+    """Paint the item's part of its scene onto a device, centred at its own aspect ratio."""
+    painter = QPainter(device)
+    try:
+        painter.setRenderHint(QPainter.RenderHint.Antialiasing)
+        painter.setRenderHint(QPainter.RenderHint.TextAntialiasing)
+        item.scene().render(painter, QRectF(0, 0, w, h), item.sceneBoundingRect())
+    finally:
+        painter.end()
+
+
 def export_figure(item, path: str | Path, width_px: int = 1800, height_px: int | None = None,
                   dpi: int = 300) -> Path:
-    """Write a pyqtgraph item (a plot, or a whole layout) to .png, .svg or .pdf."""
-    import pyqtgraph.exporters as pex
-
+    """Write a pyqtgraph item (a plot, or a whole layout) to .png, .svg or .pdf: one painter
+    path for all three, so the files show the same figure."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in FIGURE_FORMATS:
@@ -44,37 +54,40 @@ def export_figure(item, path: str | Path, width_px: int = 1800, height_px: int |
     w, h = _size(item, width_px, height_px)
     with atomic_path(path, suffix=suffix) as tmp:
         if suffix == ".png":
-            ex = pex.ImageExporter(item)
-            ex.parameters()["width"] = w
-            ex.parameters()["height"] = h
-            img = ex.export(toBytes=True)
+            img = QImage(w, h, QImage.Format.Format_ARGB32)
+            img.fill(Qt.GlobalColor.white)
             dots_per_metre = round(dpi / 0.0254)
             img.setDotsPerMeterX(dots_per_metre)
             img.setDotsPerMeterY(dots_per_metre)
+            _render(item, img, w, h)
             if not img.save(str(tmp), "PNG"):
                 raise BioLLMError(f"could not write {path}; check the folder is writable.")
         elif suffix == ".svg":
-            ex = pex.SVGExporter(item)
-            ex.parameters()["width"] = w
-            ex.parameters()["height"] = h
-            ex.export(str(tmp))
+            from PySide6.QtSvg import QSvgGenerator
+
+            gen = QSvgGenerator()
+            gen.setFileName(str(tmp))
+            gen.setSize(QSize(w, h))
+            gen.setViewBox(QRect(0, 0, w, h))
+            gen.setResolution(dpi)
+            gen.setTitle(path.stem)
+            _render(item, gen, w, h)
         else:
             writer = QPdfWriter(str(tmp))
             writer.setResolution(dpi)
             writer.setPageSize(QPageSize(QSizeF(w / dpi, h / dpi), QPageSize.Unit.Inch))
             writer.setPageMargins(QMarginsF(0, 0, 0, 0))
-            painter = QPainter(writer)
-            try:
-                item.scene().render(painter, QRectF(0, 0, w, h), item.sceneBoundingRect())
-            finally:
-                painter.end()
+            _render(item, writer, w, h)
     return path
 
 
-def copy_figure(item) -> None:
-    import pyqtgraph.exporters as pex
-
-    QGuiApplication.clipboard().setImage(pex.ImageExporter(item).export(toBytes=True))
+def copy_figure(item, scale: float = 2.0) -> None:
+    r = item.sceneBoundingRect()
+    w, h = max(1, round(r.width() * scale)), max(1, round(r.height() * scale))
+    img = QImage(w, h, QImage.Format.Format_ARGB32)
+    img.fill(Qt.GlobalColor.white)
+    _render(item, img, w, h)
+    QGuiApplication.clipboard().setImage(img)
 
 
 def export_table(df: pd.DataFrame, path: str | Path) -> Path:

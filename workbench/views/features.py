@@ -6,6 +6,8 @@ workspace. The table is a model/proxy pair, so sorting and filtering 16k feature
 
 from __future__ import annotations
 
+import logging
+
 from PySide6.QtWidgets import (QComboBox, QFileDialog, QHBoxLayout, QLabel, QLineEdit,
                                QTableView, QToolButton, QVBoxLayout, QWidget)
 from superqt.utils import create_worker
@@ -15,6 +17,8 @@ from ..state.session import Session
 from .export import copy_table, export_table
 from .icons import icon
 from .table import FrameModel, proxy_for
+
+log = logging.getLogger("workbench")
 
 
 class FeaturesPanel(QWidget):
@@ -87,6 +91,7 @@ class FeaturesPanel(QWidget):
         self.worker = create_worker(feat.feature_stats, a.obsm[key], types, labels,
                                     _start_thread=False, _ignore_errors=True)
         self.worker.returned.connect(lambda df, k=key: self._show(k, df))
+        self.worker.errored.connect(lambda e: log.error("feature table of %s failed: %s", key, e))
         self.worker.start()
 
     def _show(self, key: str, df) -> None:
