@@ -63,7 +63,7 @@ def _batches(examples: Iterable[TokenizedExample], size: int) -> Iterator[list[T
         yield batch
 
 
-def _pad(batch: list[TokenizedExample], pad_id: int, max_length: int | None):
+def pad_batch(batch: list[TokenizedExample], pad_id: int, max_length: int | None):
     """Right-padded (ids, attention mask, keep, unit, record) numpy arrays [B, T]."""
     lengths = [len(e.input_ids) if max_length is None else min(len(e.input_ids), max_length)
                for e in batch]
@@ -97,7 +97,7 @@ def kept_activations(lm: LoadedModel, examples: Iterable[TokenizedExample],
     pad_id = 0 if pad_id is None else int(pad_id)
     with torch.inference_mode():
         for batch in _batches(examples, batch_size):
-            ids, mask, keep, unit, record = _pad(batch, pad_id, max_length)
+            ids, mask, keep, unit, record = pad_batch(batch, pad_id, max_length)
             sel = keep & mask
             rows, cols = np.nonzero(sel)
             sources = {"record": torch.from_numpy(record[rows]),
