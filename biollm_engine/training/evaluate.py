@@ -1,0 +1,62 @@
+"""`evaluate(cfg)`: a trained dictionary measured on a model and a data set (`biollm eval`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..errors import BioLLMError
+
+
+@dataclass(kw_only=True)
+class EvalConfig:
+    model: str = field(metadata={"help": "model name or folder"})
+    data: str = field(metadata={"help": "input file (cells .h5ad, DNA FASTA/GenBank, text)"})
+    dict: str = field(metadata={"help": "dictionary folder (ours, sparsify, SAELens, Goodfire)"})
+    hookpoint: str | None = field(default=None, metadata={
+        "help": "hookpoint to splice at, for dictionary files that do not record theirs (an SAE)"})
+    cells: int = field(default=64, metadata={"help": "records (cells, windows, lines) to "
+                                                     "evaluate on"})
+    seed: int = field(default=0, metadata={"help": "seed choosing the records"})
+    max_length: int | None = field(default=None, metadata={"help": "at most this many tokens "
+                                                                   "per record"})
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:1, ..."})
+    dtype: str = field(default="float32", metadata={"help": "model dtype"})
+
+    def __post_init__(self):
+        if self.cells <= 0:
+            raise BioLLMError("--cells must be positive.")
+
+
+def check_widths(lm, dictionary) -> None:
+    """The dictionary must fit the model's hookpoints it reads and writes."""
+    from ..dictionaries import check_fits
+    from ..models import resolve_hookpoint
+    from .splice_eval import reads, writes
+
+    def width(name: str) -> int:
+        return resolve_hookpoint(lm, name).width
+
+    for source, target in zip(reads(dictionary.cfg), writes(dictionary.cfg)):
+        check_fits(dictionary, width(source), width(target))
+
+
+def evaluate(cfg: EvalConfig) -> dict:
+    """FVU, L0, dead fraction, CE clean/spliced/zeroed, loss recovered, cell-type agreement."""
+    from ..dictionaries import load_dictionary
+    from ..inputs import open_data
+    from ..models import load_model
+    from .splice_eval import EvalSet, evaluate_dictionary
+
+    dictionary = load_dictionary(cfg.dict)
+    if cfg.hookpoint:
+        dictionary.cfg.hookpoint = dictionary.cfg.target = cfg.hookpoint
+    if not dictionary.cfg.hookpoint:
+        raise BioLLMError(f"dictionary {cfg.dict} does not record its hookpoint; give --hookpoint.")
+    data = open_data(cfg.data)
+    lm = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
+    check_widths(lm, dictionary)
+    dictionary = dictionary.to(lm.device)
+    evalset = EvalSet.held_out(lm, data, cfg.cells, cfg.seed, cfg.max_length)
+    result = evaluate_dictionary(lm, dictionary, evalset)
+    return {"dictionary": cfg.dict, "hookpoint": dictionary.cfg.hookpoint,
+            "kind": dictionary.cfg.kind, **result}
