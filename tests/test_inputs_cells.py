@@ -38,6 +38,8 @@ def test_pbmc_x_is_scaled_so_raw_log_normalized_is_used(cells, pbmc):
     assert "700 cells × 765 genes from raw" in line and "scaled" in line and "\n" not in line
     assert len(cells) == cells.n_cells == 700
     assert cells.genes == [g.upper() for g in pbmc.raw.var_names] == cells.units
+    with pytest.raises(BioLLMError, match="X holds scaled data"):
+        CellDataset(pbmc, CellSentenceConfig(layer="X"))  # X itself, no fallback to raw
 
 
 def test_sentences_equal_direct_numpy_ranking(cells, pbmc):

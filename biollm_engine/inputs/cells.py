@@ -41,7 +41,8 @@ _ENSEMBL = re.compile(r"^ENS[A-Z]*G\d{6,}(\.\d+)?$")
 @dataclass
 class CellSentenceConfig:
     layer: str | None = field(default=None, metadata={
-        "help": "matrix to rank genes by: unset for X, 'raw' for adata.raw, or a layer name"})
+        "help": "matrix to rank genes by: unset for X (or raw when X is scaled), 'X' for X only, "
+                "'raw' for adata.raw, or a layer name"})
     top_k: int = field(default=200, metadata={
         "help": "genes per cell sentence (top K by expression)"})
     organism: str = field(default="Homo sapiens", metadata={"help": "organism named in the prompt"})
@@ -285,14 +286,14 @@ class CellDataset:
         if layer == "raw" and not store.has_raw:
             raise BioLLMError("layer 'raw' was asked for but the file has no .raw; "
                               f"use X (no layer) or one of the layers {store.layers}.")
-        if layer not in (None, "raw") and layer not in store.layers:
+        if layer not in (None, "X", "raw") and layer not in store.layers:
             raise BioLLMError(f"no layer {layer!r}; layers are {store.layers or 'none'} "
                               f"{'(and raw)' if store.has_raw else ''}; leave layer unset for X.")
-        which, note = layer, ""
+        which, note = (None if layer == "X" else layer), ""
         kind = detect_matrix_kind(self._sample_values(store.matrix(which), self.n_cells))
         if kind == "scaled":
             name = "X" if which is None else which
-            if which is None and store.has_raw:
+            if layer is None and store.has_raw:
                 raw = store.matrix("raw")
                 raw_kind = detect_matrix_kind(self._sample_values(raw, self.n_cells))
                 if raw_kind != "scaled":
