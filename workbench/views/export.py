@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from PySide6.QtCore import QMarginsF, QRect, QRectF, QSize, QSizeF, Qt
-from PySide6.QtGui import QGuiApplication, QImage, QPageSize, QPainter, QPdfWriter
+from PySide6.QtGui import QColor, QGuiApplication, QImage, QPageSize, QPainter, QPdfWriter
 from PySide6.QtWidgets import (QDialog, QDialogButtonBox, QDoubleSpinBox, QFileDialog,
                                QFormLayout, QSpinBox)
 
@@ -22,6 +22,10 @@ if TYPE_CHECKING:
 
 FIGURE_FORMATS = (".png", ".svg", ".pdf")
 TABLE_FORMATS = (".csv", ".tsv", ".parquet")
+# pyqtgraph caches axes as QPictures, which Qt rescales when played on a device of another
+# logical DPI; painting devices therefore keep the screen's 96 DPI and the chosen DPI is
+# recorded in the file (PNG metadata, PDF page size) instead.
+SCREEN_DPI = 96
 
 
 def _size(item, width_px: int, height_px: int | None) -> tuple[int, int]:
@@ -33,12 +37,21 @@ def _size(item, width_px: int, height_px: int | None) -> tuple[int, int]:
 
 def _render(item, device, w: int, h: int) -> None:
     """Paint the item's part of its scene onto a device, centred at its own aspect ratio."""
+    import pyqtgraph.exporters as pex
+
+    source = item.sceneBoundingRect()
+    scale = min(w / max(source.width(), 1.0), h / max(source.height(), 1.0))
+    switch = pex.ImageExporter(item)  # used for its export mode: axes and pens scale with us
     painter = QPainter(device)
     try:
+        switch.setExportMode(True, {"antialias": True, "background": QColor("white"),
+                                    "painter": painter, "resolutionScale": scale})
         painter.setRenderHint(QPainter.RenderHint.Antialiasing)
         painter.setRenderHint(QPainter.RenderHint.TextAntialiasing)
-        item.scene().render(painter, QRectF(0, 0, w, h), item.sceneBoundingRect())
+        tw, th = source.width() * scale, source.height() * scale
+        item.scene().render(painter, QRectF((w - tw) / 2, (h - th) / 2, tw, th), source)
     finally:
+        switch.setExportMode(False)
         painter.end()
 
 
@@ -56,10 +69,10 @@ def export_figure(item, path: str | Path, width_px: int = 1800, height_px: int |
         if suffix == ".png":
             img = QImage(w, h, QImage.Format.Format_ARGB32)
             img.fill(Qt.GlobalColor.white)
-            dots_per_metre = round(dpi / 0.0254)
+            _render(item, img, w, h)
+            dots_per_metre = round(dpi / 0.0254)  # after painting: see SCREEN_DPI
             img.setDotsPerMeterX(dots_per_metre)
             img.setDotsPerMeterY(dots_per_metre)
-            _render(item, img, w, h)
             if not img.save(str(tmp), "PNG"):
                 raise BioLLMError(f"could not write {path}; check the folder is writable.")
         elif suffix == ".svg":
@@ -69,15 +82,16 @@ def export_figure(item, path: str | Path, width_px: int = 1800, height_px: int |
             gen.setFileName(str(tmp))
             gen.setSize(QSize(w, h))
             gen.setViewBox(QRect(0, 0, w, h))
-            gen.setResolution(dpi)
+            gen.setResolution(SCREEN_DPI)
             gen.setTitle(path.stem)
             _render(item, gen, w, h)
         else:
             writer = QPdfWriter(str(tmp))
-            writer.setResolution(dpi)
+            writer.setResolution(SCREEN_DPI)
             writer.setPageSize(QPageSize(QSizeF(w / dpi, h / dpi), QPageSize.Unit.Inch))
             writer.setPageMargins(QMarginsF(0, 0, 0, 0))
-            _render(item, writer, w, h)
+            # vector page of w/dpi inches; the cells' image keeps its w-pixel resolution inside
+            _render(item, writer, round(w * SCREEN_DPI / dpi), round(h * SCREEN_DPI / dpi))
     return path
 
 
