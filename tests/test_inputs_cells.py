@@ -205,6 +205,18 @@ def test_ensembl_ids_map_through_the_symbol_column(pbmc, cells):
         CellDataset(renamed, CellSentenceConfig(gene_symbol_column="nope"))
 
 
+def test_negative_values_beyond_the_sampled_cells_are_caught(pbmc):
+    sampled = set(np.linspace(0, 699, 256).astype(int))
+    hidden = next(i for i in range(700) if i not in sampled)
+    X = pbmc.raw.X.toarray()
+    X[hidden, 3] = -1.5
+    ds = CellDataset(ad.AnnData(X=X, var=pd.DataFrame(index=pbmc.raw.var_names)))
+    assert ds.matrix_kind == "log-normalized"
+    assert len(ds.sentence(hidden - 1)) == 200
+    with pytest.raises(BioLLMError, match=f"negative values in cells {hidden}..{hidden}"):
+        ds.sentence(hidden)
+
+
 def test_bad_inputs(tmp_path, cells):
     with pytest.raises(BioLLMError, match="does not exist"):
         open_data(tmp_path / "missing.h5ad")

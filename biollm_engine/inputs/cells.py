@@ -114,7 +114,8 @@ def rank_genes(X: sp.csr_matrix, cells: np.ndarray, seed: int, top_k: int) -> li
         order = np.argsort(key, kind="stable")
         cols, row = cols[order], row[order]
         bounds = np.searchsorted(row, np.arange(n + 1))
-        out += [cols[a:min(b, a + top_k)] for a, b in zip(bounds[:-1], bounds[1:])]
+        # copies, so that a kept sentence does not pin the whole block's sorted columns
+        out += [cols[a:min(b, a + top_k)].copy() for a, b in zip(bounds[:-1], bounds[1:])]
     return out
 
 
@@ -392,12 +393,15 @@ class CellDataset:
         """For each cell in `indices` (in that order), its sentence as gene indices into `genes`."""
         idx = self._check(indices)
         rows = np.unique(idx)
-        X = _read_rows(self._matrix, rows)
-        if X.data.size and np.nanmin(X.data) < 0:
-            raise BioLLMError(f"{self.matrix_name} has negative values in cells "
-                              f"{rows[0]}..{rows[-1]}: it is scaled; choose a counts or "
-                              "log-normalized matrix with layer.")
-        ranked = rank_genes(X, rows, self.cfg.seed, self.cfg.top_k)
+        ranked: list[np.ndarray] = []
+        for s in range(0, len(rows), CHUNK_CELLS):  # bounded reads, also when backed
+            block = rows[s:s + CHUNK_CELLS]
+            X = _read_rows(self._matrix, block)
+            if X.data.size and np.nanmin(X.data) < 0:
+                raise BioLLMError(f"{self.matrix_name} has negative values in cells "
+                                  f"{block[0]}..{block[-1]}: it is scaled; choose a counts or "
+                                  "log-normalized matrix with layer.")
+            ranked += rank_genes(X, block, self.cfg.seed, self.cfg.top_k)
         where = np.searchsorted(rows, idx)
         return [ranked[w] for w in where]
 
