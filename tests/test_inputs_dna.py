@@ -140,6 +140,8 @@ def test_byte_tokens_map_to_forward_bases(fasta, records):
     assert first.input_ids[:4].tolist() == [ord(c) for c in forward["chr1"][:4]]
     assert set(np.unique(first.input_ids)) <= {65, 67, 71, 84}
     assert len(next(ds.examples(max_length=10))) == 10
+    with pytest.raises(BioLLMError, match="genes_only.*DNA has none"):
+        next(ds.examples(genes_only=True))
 
 
 def test_soft_masked_bases_kept_when_asked(fasta, records):

@@ -35,6 +35,8 @@ def test_txt_lines_and_paragraphs(tmp_path, tokenizer):
         assert tokenizer.decode(ex.input_ids) == ex.text == LINES[ex.record]
         assert ex.keep.all() and np.all(ex.unit == -1) and ex.input_ids.dtype == np.int64
     assert len(next(ds.examples(tokenizer, max_length=4))) == 4
+    with pytest.raises(BioLLMError, match="genes_only.*text has none"):
+        next(ds.examples(tokenizer, genes_only=True))
 
 
 def test_jsonl_text_field(tmp_path, tokenizer):

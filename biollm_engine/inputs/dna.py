@@ -340,7 +340,10 @@ class DnaDataset:
                  genes_only: bool = False, max_length: int | None = None
                  ) -> Iterator[TokenizedExample]:
         """Tokenized windows in file order; `record` is the window index (see `windows_table`),
-        `unit` the lowest forward-strand base each token covers. `genes_only` does not apply."""
+        `unit` the lowest forward-strand base each token covers."""
+        if genes_only:
+            raise BioLLMError("genes_only keeps the gene-name tokens of cell sentences; DNA has "
+                              "none, so leave it off.")
         if self.cfg.tokenizer == "byte":
             for w in self.windows(indices):
                 seq = w.seq[:max_length] if max_length else w.seq

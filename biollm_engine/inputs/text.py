@@ -161,7 +161,10 @@ class TextDataset:
 
     def examples(self, tokenizer, indices: Sequence[int] | None = None, genes_only: bool = False,
                  max_length: int | None = None) -> Iterator[TokenizedExample]:
-        """Tokenized texts; text has no units (unit -1) and `genes_only` does not apply."""
+        """Tokenized texts; text has no units (unit -1)."""
+        if genes_only:
+            raise BioLLMError("genes_only keeps the gene-name tokens of cell sentences; text has "
+                              "none, so leave it off.")
         if tokenizer is None:
             raise BioLLMError("text needs the model's tokenizer; load the model first.")
         batch: list[tuple[int, str]] = []
