@@ -129,6 +129,15 @@ def average_gradients(params: Sequence[torch.nn.Parameter], world: World) -> Non
         offset += n
 
 
+def gather_rows(batch: dict, world: World) -> dict:
+    """The global batch from every rank's rows of it, in rank order ("data" mode)."""
+    if not world.active or world.mode != "data":
+        return batch
+    parts: list = [None] * world.size
+    dist.all_gather_object(parts, {h: t.cpu() for h, t in batch.items()})
+    return {h: torch.cat([p[h] for p in parts]) for h in batch}
+
+
 def shutdown(world: World) -> None:
     if world.active and dist.is_initialized():
         dist.destroy_process_group()

@@ -22,7 +22,7 @@ from ..fileio import write_json
 from ..progress import Cancelled, CancelToken, ProgressCallback, ProgressTracker
 from . import checkpoint
 from .config import TrainConfig
-from .distributed import World, average_gradients, init_world, shutdown
+from .distributed import World, average_gradients, gather_rows, init_world, shutdown
 from .splice_eval import EvalSet, evaluate_dictionary
 from .streams import CacheStream, LiveStream
 
@@ -217,6 +217,8 @@ class _Run:
             while state["step"] < total:
                 batch = stream.next()
                 n = len(next(iter(batch.values())))
+                if world.active and not all(u.step.initialized for u in units):
+                    self._initialize_globally(units, batch)
                 for u in units:
                     x, y = u.batch(batch, self.device)
                     metrics[u.name] = u.step.step(x, y)
@@ -246,6 +248,13 @@ class _Run:
         if world.is_main:
             checkpoint.clear(self.out)
         return paths
+
+    def _initialize_globally(self, units: list[Unit], batch: dict) -> None:
+        """TrainStep sets its biases from its first batch; under data parallelism give it the
+        global batch, so that every rank starts where a single process would."""
+        full = gather_rows(batch, self.world)
+        for u in units:
+            u.step._initialize(*u.batch(full, self.device))
 
     def _restore(self, last: Path, units: list[Unit], stream) -> dict:
         state = checkpoint.read_state(last)
