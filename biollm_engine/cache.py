@@ -172,6 +172,7 @@ class ActivationCache:
         for w in range(0, len(order), window):
             loaded = [self._load(int(s), keys) for s in order[w:w + window]]
             pool = {k: torch.cat([d[k] for d in loaded]) for k in keys}
+            del loaded  # only the pool stays in memory
             if carry is not None:
                 pool = {k: torch.cat([carry[k], pool[k]]) for k in keys}
             n = pool[keys[0]].shape[0]

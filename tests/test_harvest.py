@@ -237,3 +237,14 @@ def test_cli_harvest_bad_input_is_one_line(tiny_model_dirs, pbmc_h5ad, tmp_path,
     assert "KEY=VALUE" in run("--model", model, "--data", str(pbmc_h5ad), "--hookpoint",
                               "layers.0", "--data-option", "top_k")
     assert not (tmp_path / "o").exists()
+
+
+def test_bfloat16_model_into_bfloat16_store(tiny_model_dirs, tmp_path):
+    lm = load_model(tiny_model_dirs("gemma2"), device="cpu", dtype="bfloat16")
+    examples = make_examples(lm.tokenizer, n=6)
+    cache = harvest(lm, examples, HarvestConfig(hookpoints=["layers.1.attn.out"],
+                                                store_dtype="bfloat16"), tmp_path / "c")
+    acts = cache.read("layers.1.attn.out")
+    assert acts.dtype == torch.bfloat16 and cache.dtype == "bfloat16"
+    torch.testing.assert_close(acts, reference(lm, examples, ["layers.1.attn.out"])["layers.1.attn.out"]
+                               .to(torch.bfloat16))

@@ -225,3 +225,27 @@ def test_cli_models_inspect(tiny_model_dirs, capsys, tmp_path):
     assert main(["models", "inspect", str(no_tok)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("biollm: error:") and "no tokenizer" in err and "\n" not in err
+
+
+@pytest.mark.parametrize("family", ["mistral", "qwen2"])
+def test_llama_layout_relatives(tmp_path, family):
+    import transformers as tf
+    from tiny_models import build_tokenizer
+
+    tokenizer = build_tokenizer()
+    cls = {"mistral": tf.MistralConfig, "qwen2": tf.Qwen2Config}[family]
+    cfg = cls(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, intermediate_size=128,
+              num_hidden_layers=2, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    tf.AutoModelForCausalLM.from_config(cfg).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    lm = load_model(str(tmp_path), device="cpu")
+    assert lm.arch.name == "llama" and lm.num_layers == 2
+    ids, mask = batch(lm)
+    hs = lm.base(input_ids=ids, attention_mask=mask, output_hidden_states=True,
+                 use_cache=False).hidden_states
+    with capture(lm, ["embed", "layers.0", "layers.1.mlp.in", "layers.1.mlp.out"]) as acts:
+        run_to(lm, ids, mask)
+    torch.testing.assert_close(acts["embed"], hs[0])
+    torch.testing.assert_close(acts["layers.0"], hs[1])
+    torch.testing.assert_close(mlp_modules(lm, 1)[0](acts["layers.1.mlp.in"]), acts["layers.1.mlp.out"])
