@@ -74,9 +74,10 @@ def test_colour_by_continuous_vector_greys_zeros_beneath(qtbot, window, pbmc_h5a
     cells, view = window.session.cells, window.embedding
     values = np.where(np.arange(700) % 2 == 0, np.linspace(0, 5, 700), 0.0)
     cells.set_values(values, "feature 7")
-    assert view.colour_bar is not None and view.legend_entries() == []
+    assert view.colour_bar.scene() is not None and view.legend.scene() is None
     c = cells.colouring()
     assert c.kind == "continuous" and c.vmin == 0.0 and c.vmax == pytest.approx(values.max())
+    assert view.colour_bar.levels() == pytest.approx((0.0, values.max()))
     assert (c.levels[values == 0] == 0).all() and (c.levels[values > 0] > 0).all()
     # an active cell is drawn over an inactive one at the same place
     keys = view._pal.keys
@@ -85,7 +86,10 @@ def test_colour_by_continuous_vector_greys_zeros_beneath(qtbot, window, pbmc_h5a
                            for i in range(window.data_panel.colour.count())]
     cells.set_colour("n_genes")
     assert cells.colouring().kind == "continuous"
-    assert window.embedding.colour_bar is not None
+    assert view.colour_bar.levels() == pytest.approx(
+        (cells.adata.obs["n_genes"].min(), cells.adata.obs["n_genes"].max()))
+    cells.set_colour("bulk_labels")
+    assert view.colour_bar.scene() is None and len(view.legend_entries()) == 10
 
 
 def test_rectangle_selection_equals_numpy_filter(qtbot, window, pbmc, pbmc_h5ad):

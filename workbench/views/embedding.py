@@ -102,7 +102,10 @@ class EmbeddingView(QWidget):
         self.plot.addItem(self.image)
         self.legend = pg.LegendItem(labelTextColor=INK, labelTextSize="9pt", verSpacing=-6)
         self.legend.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Fixed)
-        self.colour_bar: pg.ColorBarItem | None = None
+        self.colour_bar = pg.ColorBarItem(values=(0, 1), colorMap="viridis", interactive=False,
+                                          width=12)
+        self.colour_bar.axis.setPen(INK)
+        self.colour_bar.axis.setTextPen(INK)
         self.title = self.plot.titleLabel
 
         self.empty = QLabel("Drop an .h5ad file here\n\nor use File › Open data…")
@@ -200,13 +203,13 @@ class EmbeddingView(QWidget):
 
     # -- legend and colour bar ----------------------------------------------------------------
     def _update_key(self) -> None:
+        """Legend for categories, colour bar for values; built once, re-labelled per colouring."""
         c = self.state.colouring()
         self.legend.clear()
-        if self.legend.scene() is not None:
-            self.glw.removeItem(self.legend)
-        if self.colour_bar is not None:
-            self.glw.removeItem(self.colour_bar)
-            self.colour_bar = None
+        want = {"categorical": self.legend, "continuous": self.colour_bar}.get(c.kind)
+        for item in (self.legend, self.colour_bar):
+            if item is not want and item.scene() is not None:
+                self.glw.removeItem(item)
         self.plot.setTitle(c.name or None, color=INK, size="11pt")
         self.info.setText(f"{self.state.n_cells:,} cells")
         if c.kind == "categorical":
@@ -214,14 +217,12 @@ class EmbeddingView(QWidget):
                 sample = pg.ScatterPlotItem(symbol="o", size=9, pen=None, brush=colour)
                 self.legend.addItem(sample, name)
             self.legend.setColumnCount(max(1, math.ceil(len(c.categories) / 24)))
-            self.glw.addItem(self.legend, row=0, col=1)
-            self.glw.ci.layout.setAlignment(self.legend, Qt.AlignmentFlag.AlignTop)
         elif c.kind == "continuous":
-            self.colour_bar = pg.ColorBarItem(values=(c.vmin, c.vmax), colorMap="viridis",
-                                              interactive=False, width=12)
-            self.colour_bar.axis.setPen(INK)
-            self.colour_bar.axis.setTextPen(INK)
-            self.glw.addItem(self.colour_bar, row=0, col=1)
+            self.colour_bar.setLevels((c.vmin, c.vmax))
+        if want is not None and want.scene() is None:
+            self.glw.addItem(want, row=0, col=1)
+            self.glw.ci.layout.setAlignment(want, Qt.AlignmentFlag.AlignTop
+                                            if want is self.legend else Qt.AlignmentFlag.AlignVCenter)
 
     def legend_entries(self) -> list[str]:
         return [label.text for _, label in self.legend.items]
@@ -244,8 +245,8 @@ class EmbeddingView(QWidget):
         if self._pal is None:
             self._pal = raster.palette(self.state.colouring(), len(xy), self.cmap_lut,
                                        self.state.selection)
-        self.image.setImage(raster.render(self._fp, self._pal), autoLevels=False,
-                            levels=(0, 255))
+        # RGBA bytes with no levels: pyqtgraph hands them to QImage without a conversion pass
+        self.image.setImage(raster.render(self._fp, self._pal), autoLevels=False, levels=None)
         self.image.setRect(QRectF(x0, y0, x1 - x0, y1 - y0))
         self._rendered_range = (x0, x1, y0, y1, w, h)
 

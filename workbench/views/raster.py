@@ -53,6 +53,16 @@ class Footprint:
     pix: np.ndarray   # int32 pixel index (row * width + col), one per (cell, disk offset)
     cell: np.ndarray  # int32 cell index for each entry of `pix`
     radius: int
+    touched: np.ndarray = None  # the distinct pixels any cell covers
+    slot: np.ndarray = None     # for each entry of `pix`, its index into `touched`
+
+    def __post_init__(self):
+        # per recolour only the covered pixels are worked on, in a compact array
+        covered = np.bincount(self.pix, minlength=self.width * self.height)
+        self.touched = np.flatnonzero(covered).astype(np.int32)
+        remap = np.empty(self.width * self.height, dtype=np.int32)
+        remap[self.touched] = np.arange(len(self.touched), dtype=np.int32)
+        self.slot = remap[self.pix]
 
 
 def footprint(xy: np.ndarray, x_range, y_range, width: int, height: int,
@@ -125,24 +135,29 @@ def palette(colouring: Colouring, n_cells: int, cmap_lut: np.ndarray,
 
 def render(fp: Footprint, pal: Palette) -> np.ndarray:
     """RGBA image [height, width, 4], row 0 at the bottom of the view."""
-    best = np.full(fp.width * fp.height, -1, dtype=np.int32)
-    np.maximum.at(best, fp.pix, pal.keys[fp.cell])
+    best = np.full(len(fp.touched), -1, dtype=np.int32)
+    np.maximum.at(best, fp.slot, pal.keys[fp.cell])
     n = pal.n_colours
-    # look-up table: washed-out colours (unselected while a selection exists), colours, background
+    # look-up table: washed-out colours (unselected while a selection exists), then colours
     faded = pal.lut.copy()
     faded[:, :3] = (pal.lut[:, :3].astype(np.uint16) + 3 * 235) // 4
-    lut = np.concatenate([faded, pal.lut, np.zeros((1, 4), np.uint8)])
-    idx = best % n + n * (best >= pal.faded_below)
-    idx[best < 0] = 2 * n
-    return lut.view(np.uint32).ravel()[idx].view(np.uint8).reshape(fp.height, fp.width, 4)
+    lut = np.concatenate([faded, pal.lut]).view(np.uint32).ravel()
+    idx = best % n
+    if pal.faded_below:
+        idx += n * (best >= pal.faded_below)
+    else:
+        idx += n
+    img = np.zeros(fp.width * fp.height, dtype=np.uint32)  # transparent background
+    img[fp.touched] = lut[idx]
+    return img.view(np.uint8).reshape(fp.height, fp.width, 4)
 
 
 def winners(fp: Footprint, pal: Palette) -> np.ndarray:
     """Cell index drawn at each pixel (-1 for background), for hover and click."""
-    best = np.full(fp.width * fp.height, -1, dtype=np.int32)
+    best = np.full(len(fp.touched), -1, dtype=np.int32)
     keys = pal.keys[fp.cell]
-    np.maximum.at(best, fp.pix, keys)
-    won = keys == best[fp.pix]
+    np.maximum.at(best, fp.slot, keys)
+    won = keys == best[fp.slot]
     out = np.full(fp.width * fp.height, -1, dtype=np.int32)
     out[fp.pix[won]] = fp.cell[won]
     return out
