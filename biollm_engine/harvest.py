@@ -142,10 +142,15 @@ def live_batches(lm: LoadedModel, examples: Iterable[TokenizedExample], hookpoin
 
 
 def _same_harvest(index: dict, fresh: dict) -> bool:
-    keys = ("hookpoints", "dtype")
-    meta_keys = ("model", "data")
-    return (all(index.get(k) == fresh[k] for k in keys)
-            and all(index.get("meta", {}).get(k) == fresh["meta"].get(k) for k in meta_keys))
+    """Whether resuming `index` with `fresh`'s settings yields one consistent cache."""
+    old_meta, new_meta = index.get("meta", {}), fresh["meta"]
+    same = (all(index.get(k) == fresh[k] for k in ("hookpoints", "dtype"))
+            and all(old_meta.get(k) == new_meta.get(k) for k in ("model", "data", "data_options")))
+    old_cfg, new_cfg = old_meta.get("config", {}), new_meta["config"]
+    same &= all(old_cfg.get(k) == new_cfg.get(k) for k in ("genes_only", "max_length"))
+    if index.get("complete"):  # finished: only the same request is answered by it
+        same &= old_cfg.get("max_tokens") == new_cfg.get("max_tokens")
+    return same
 
 
 def _open_writer(out_dir: Path, fresh: dict, overwrite: bool) -> ShardWriter:
@@ -156,8 +161,9 @@ def _open_writer(out_dir: Path, fresh: dict, overwrite: bool) -> ShardWriter:
             index["meta"] = fresh["meta"]
             return ShardWriter(out_dir, index)
         if not overwrite:
-            raise BioLLMError(f"{out_dir} holds a cache of another harvest (other model, data or "
-                              "hookpoints); choose another output folder or overwrite it.")
+            raise BioLLMError(f"{out_dir} holds a cache of another harvest (other model, data, "
+                              "hookpoints or token selection); choose another output folder or "
+                              "overwrite it.")
         for s in index.get("shards", []):
             (out_dir / s["file"]).unlink(missing_ok=True)
         (out_dir / "index.json").unlink()

@@ -165,6 +165,10 @@ def test_output_folder_guards(neox, tmp_path):
     harvest(neox, examples, HarvestConfig(hookpoints=["layers.0"]), tmp_path / "c")
     with pytest.raises(BioLLMError, match="another harvest"):
         harvest(neox, examples, HarvestConfig(hookpoints=["layers.1"]), tmp_path / "c")
+    for other in (HarvestConfig(hookpoints=["layers.0"], genes_only=True),
+                  HarvestConfig(hookpoints=["layers.0"], max_tokens=5)):
+        with pytest.raises(BioLLMError, match="another harvest"):
+            harvest(neox, examples, other, tmp_path / "c")
     cache = harvest(neox, examples, HarvestConfig(hookpoints=["layers.1"]), tmp_path / "c",
                     overwrite=True)
     assert cache.hookpoints == ["layers.1"]
