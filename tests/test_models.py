@@ -249,3 +249,23 @@ def test_llama_layout_relatives(tmp_path, family):
     torch.testing.assert_close(acts["embed"], hs[0])
     torch.testing.assert_close(acts["layers.0"], hs[1])
     torch.testing.assert_close(mlp_modules(lm, 1)[0](acts["layers.1.mlp.in"]), acts["layers.1.mlp.out"])
+
+
+def test_architecture_paths_are_checked_and_alternates_found(loaded):
+    from biollm_engine.models import bind_architecture
+
+    lm = loaded("gpt_neox")
+    head = lm.model.lm_head
+    try:
+        # transformers 4.x named Pythia's unembedding `embed_out`
+        del lm.model.lm_head
+        lm.model.embed_out = head
+        assert bind_architecture(lm.arch, lm.model).unembed == "embed_out"
+        del lm.model.embed_out
+        with pytest.raises(BioLLMError, match="no module 'lm_head'"):
+            bind_architecture(lm.arch, lm.model)
+    finally:
+        if hasattr(lm.model, "embed_out"):
+            del lm.model.embed_out
+        lm.model.lm_head = head
+    assert bind_architecture(lm.arch, lm.model) == lm.arch

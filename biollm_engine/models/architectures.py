@@ -50,6 +50,8 @@ class Architecture:
     attn_implementation: str | None = None
     """Forced attention kernel, where the default would compute something else (Gemma 2's
     logit soft-capping is only exact in eager attention)."""
+    alternates: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """Other paths a field has had across transformers versions, tried when the first is absent."""
 
 
 ARCHITECTURES: tuple[Architecture, ...] = (
@@ -58,7 +60,7 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         layers="gpt_neox.layers", embed="gpt_neox.embed_in", final_norm="gpt_neox.final_layer_norm",
         unembed="lm_head", attn="attention", attn_out="attention", mlp=("mlp",),
         norms={"attn_in": "input_layernorm", "mlp_in": "post_attention_layernorm"},
-        parallel_residual=True,
+        parallel_residual=True, alternates={"unembed": ("embed_out",)},
     ),
     Architecture(
         name="gemma2", model_types=("gemma2",), causal=True, base="model",
@@ -112,3 +114,32 @@ def detect_architecture(config) -> Architecture:
     if arch.name == "gemma2":
         changes["embed_scale"] = float(config.hidden_size) ** 0.5
     return dataclasses.replace(arch, **changes)
+
+
+def _has(model, path: str) -> bool:
+    try:
+        model.get_submodule(path)
+        return True
+    except AttributeError:
+        return False
+
+
+def bind_architecture(arch: Architecture, model) -> Architecture:
+    """`arch` with every path checked against the loaded `model` (alternates filled in)."""
+    changes = {}
+    for name, options in arch.alternates.items():
+        current = getattr(arch, name)
+        if current and not _has(model, current):
+            found = next((p for p in options if _has(model, p)), None)
+            if found:
+                changes[name] = found
+    arch = dataclasses.replace(arch, **changes)
+    block = f"{arch.layers}.0"
+    paths = [arch.layers, block, arch.embed, arch.final_norm, arch.unembed]
+    paths += [f"{block}.{p}" for p in (arch.attn, arch.attn_out, *arch.mlp, *arch.norms.values())]
+    missing = [p for p in paths if p and not _has(model, p)]
+    if missing:
+        raise BioLLMError(f"the {type(model).__name__} model has no module {missing[0]!r} where "
+                          f"the {arch.name} layout puts it; it is not a standard {arch.name} model "
+                          "(supported: Hugging Face transformers' own implementations).")
+    return arch

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import BioLLMError
-from .architectures import Architecture, detect_architecture
+from .architectures import Architecture, bind_architecture, detect_architecture
 
 DTYPES = ("float32", "bfloat16", "float16")
 DEVICES = ("auto", "cuda", "mps", "cpu")
@@ -130,6 +130,7 @@ def load_model(name_or_path: str, device: str = "auto", dtype: str = "float32",
                               "pad token to it.")
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
+    arch = bind_architecture(arch, model)
     model.eval()
     model.requires_grad_(False)
     model.to(device)
