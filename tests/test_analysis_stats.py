@@ -87,7 +87,8 @@ def test_merged_shards_equal_one_pass():
     rng = np.random.default_rng(3)
     dense, src = make_tokens(rng, n_cells=30)
     chunks = list(chunked(dense, src, 17))
-    a, b = FeatureStats(7, StatsConfig(top_tokens=5)), FeatureStats(7, StatsConfig(top_tokens=5))
+    cfg = StatsConfig(top_tokens=5)
+    a, b = FeatureStats(7, cfg), FeatureStats(7, cfg)
     for i, c in enumerate(chunks):
         (a if i % 2 else b).update(c)
     a.merge(b)

@@ -4,8 +4,10 @@
 disjoint token ranges (e.g. shards). Sums are kept in float64 and top lists break ties by token
 index, so any chunking gives the same `FeatureStatsResult` as one big chunk.
 
-A feature *fires* on a token when its activation is non-zero. The per-cell matrices and per-gene
-sums use the tokens that carry a unit (`unit >= 0`: the cell's gene tokens, not its prompt).
+A feature *fires* on a token when its activation is non-zero; activations are non-negative, as
+every supported dictionary's are (ReLU, TopK, JumpReLU), so a cell's max over its tokens is the
+max over those where the feature fires. The per-cell matrices and per-gene sums use the tokens
+that carry a unit (`unit >= 0`: the cell's gene tokens, not its prompt).
 """
 
 from __future__ import annotations
@@ -18,10 +20,18 @@ import scipy.sparse as sp
 from .chunks import EncodedChunk
 from .topk import TopK, grouped_topk
 
-# Fixed log-spaced activation bins, 4 per decade over [1e-3, 1e3), plus one bin below and one
-# above: bin 0 is (0, 1e-3) (and negatives), bin b is [EDGES[b-1], EDGES[b]), the last >= 1e3.
-HIST_EDGES = np.logspace(-3, 3, 25)
+# Fixed log-spaced activation bins, one per octave over [2^-10, 2^10) (about 1e-3 to 1e3), plus
+# one below and one above: bin 0 is (0, 2^-10) (and negatives), bin b is
+# [HIST_EDGES[b-1], HIST_EDGES[b]), the last >= 2^10. Powers of two make the bin of a float32
+# its exponent, read from its bits: exact and an order of magnitude faster than a search.
+HIST_EDGES = 2.0 ** np.arange(-10, 11)
 NUM_BINS = len(HIST_EDGES) + 1
+
+
+def hist_bins(values: np.ndarray) -> np.ndarray:
+    """The histogram bin of each float32 activation (equal to searchsorted(HIST_EDGES, v, "right"))."""
+    exponent = (np.ascontiguousarray(values, dtype=np.float32).view(np.int32) >> 23) - 127
+    return np.clip(exponent + 11, 0, NUM_BINS - 1)
 
 
 @dataclass
@@ -32,19 +42,22 @@ class StatsConfig:
 
 
 class _KeyedReduce:
-    """Running (key -> max, sum, count) over int64 keys, compacted as it grows."""
+    """Running (key -> max, sum, count) over int64 keys, compacted as it grows.
+
+    Parts are reduced per chunk; compaction concatenates them and reduces again, skipping the
+    sort when the keys already arrive in order (cells streamed in record order do).
+    """
 
     def __init__(self):
         self.parts: list[tuple[np.ndarray, ...]] = []
         self.size = 0
         self.compacted = 0
 
-    def add(self, keys: np.ndarray, values: np.ndarray) -> None:
-        if len(keys):
-            self.parts.append(_reduce(keys, values, values.astype(np.float64),
-                                      np.ones(len(keys), np.int64)))
-            self.size += len(self.parts[-1][0])
-            if self.size > max(2 * self.compacted, 1 << 20):
+    def add_part(self, part: tuple[np.ndarray, ...]) -> None:
+        if len(part[0]):
+            self.parts.append(part)
+            self.size += len(part[0])
+            if self.size > max(2 * self.compacted, 1 << 22):
                 self.compact()
 
     def merge(self, other: "_KeyedReduce") -> None:
@@ -64,11 +77,73 @@ class _KeyedReduce:
 def _reduce(keys, vmax, vsum, count):
     if len(keys) == 0:
         return keys, vmax, vsum, count
-    order = np.argsort(keys, kind="stable")
-    keys = keys[order]
+    if not np.all(keys[1:] >= keys[:-1]):
+        order = np.argsort(keys, kind="stable")
+        keys, vmax, vsum, count = keys[order], vmax[order], vsum[order], count[order]
     starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
-    return (keys[starts], np.maximum.reduceat(vmax[order], starts),
-            np.add.reduceat(vsum[order], starts), np.add.reduceat(count[order], starts))
+    if len(starts) == len(keys):
+        return keys, vmax, vsum, count
+    return (keys[starts], np.maximum.reduceat(vmax, starts), np.add.reduceat(vsum, starts),
+            np.add.reduceat(count, starts))
+
+
+def _group_reduce(group: np.ndarray, col: np.ndarray, vals: np.ndarray, F: int
+                  ) -> tuple[np.ndarray, ...]:
+    """(key = group * F + col, max, sum, count) over one chunk's entries, sorted by key.
+
+    When the groups of the chunk span a small range (a chunk's cells), dense bincount buffers
+    over that range do it in linear time; otherwise one sort."""
+    lo, hi = int(group.min()), int(group.max())
+    span = (hi - lo + 1) * F
+    if span <= max(4 * len(vals), 1 << 16):
+        local = (group - lo) * F + col
+        count = np.bincount(local, minlength=span)
+        nz = np.flatnonzero(count)
+        vsum = np.bincount(local, weights=vals, minlength=span)[nz]
+        vmax = np.full(span, -np.inf, np.float32)
+        np.maximum.at(vmax, local, vals)
+        return nz + lo * F, vmax[nz], vsum, count[nz]
+    return _reduce(group * F + col, vals, vals.astype(np.float64), np.ones(len(vals), np.int64))
+
+
+class _SparseSum:
+    """Running per-unit sums and fire counts (units x features CSR), summed in batches."""
+
+    def __init__(self, num_features: int):
+        self.F = num_features
+        self.parts: list[tuple[sp.csr_matrix, sp.csr_matrix]] = []
+        self.pending = 0
+        self.held = 0
+
+    def add(self, unit: np.ndarray, acts: sp.csr_matrix) -> None:
+        # grouping token rows by unit is a sparse product with the unit indicator (C speed)
+        n_units = int(unit.max()) + 1
+        ind = sp.csr_matrix((np.ones(len(unit)), (unit, np.arange(len(unit)))),
+                            shape=(n_units, len(unit)))
+        fired = sp.csr_matrix((np.ones(acts.nnz), acts.indices, acts.indptr), shape=acts.shape)
+        self.parts.append((ind @ acts.astype(np.float64), ind @ fired))
+        self.pending += self.parts[-1][0].nnz
+        if self.pending > max(self.held, 1 << 22):
+            self.compact()
+
+    def merge(self, other) -> None:
+        self.parts.append(other.compact())
+        self.compact()
+
+    def compact(self, n_units: int = 0) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+        n = max([n_units] + [m.shape[0] for m, _ in self.parts])
+        out = []
+        for k in range(2):
+            coo = [self.parts[i][k].tocoo() for i in range(len(self.parts))]
+            cat = [np.concatenate([getattr(c, a) for c in coo]) if coo else np.zeros(0)
+                   for a in ("data", "row", "col")]
+            m = sp.csr_matrix((cat[0], (cat[1].astype(np.int64), cat[2].astype(np.int64))),
+                              shape=(n, self.F))
+            m.sum_duplicates()
+            out.append(m)
+        self.parts = [tuple(out)]
+        self.pending, self.held = 0, out[0].nnz
+        return out[0], out[1]
 
 
 def _counts_add(counts: np.ndarray, idx: np.ndarray) -> np.ndarray:
@@ -131,14 +206,14 @@ class FeatureStats:
         self.cfg = cfg or StatsConfig()
         self.num_features = num_features
         self.num_tokens = 0
-        self.fire_count = np.zeros(num_features, np.int64)
         self.act_sum = np.zeros(num_features, np.float64)
         self.act_max = np.zeros(num_features, np.float32)
-        self.hist = np.zeros((num_features, NUM_BINS), np.int64)
+        self.hist = np.zeros((num_features, NUM_BINS), np.int64)  # its row sums: fire counts
         self.top = TopK(num_features, self.cfg.top_tokens)
         self.cells = _KeyedReduce()
+        self._tail: tuple[np.ndarray, ...] | None = None  # entries of a cell the chunk cut
         self.cell_tokens = np.zeros(0, np.int64)
-        self.units = _KeyedReduce()
+        self.units = _SparseSum(num_features)
         self.unit_tokens = np.zeros(0, np.int64)
 
     def update(self, chunk: EncodedChunk) -> None:
@@ -146,34 +221,70 @@ class FeatureStats:
         if acts.shape[1] != F:
             raise ValueError(f"chunk has {acts.shape[1]} features, expected {F}")
         self.num_tokens += acts.shape[0]
+        if acts.nnz == 0:
+            self._count_tokens(src)
+            return
         rows = np.repeat(np.arange(acts.shape[0]), np.diff(acts.indptr))
         cols = acts.indices.astype(np.int64)
         vals = acts.data
-        self.fire_count += np.bincount(cols, minlength=F)
+        self.hist += np.bincount(cols * NUM_BINS + hist_bins(vals),
+                                 minlength=F * NUM_BINS).reshape(F, NUM_BINS)
         self.act_sum += np.bincount(cols, weights=vals, minlength=F)
-        if len(vals):
-            np.maximum.at(self.act_max, cols, vals)
-            bins = np.searchsorted(HIST_EDGES, vals, side="right")
-            self.hist += np.bincount(cols * NUM_BINS + bins,
-                                     minlength=F * NUM_BINS).reshape(F, NUM_BINS)
-            self.top.push(cols, vals, rows + chunk.start)
+        np.maximum.at(self.act_max, cols, vals)
+        self.top.push(cols, vals, rows + chunk.start)
 
+        on_unit = self._count_tokens(src)
+        keep = on_unit[rows]
+        if keep.any():
+            self._add_cells(src.record[rows[keep]], cols[keep], vals[keep])
+        if self.cfg.per_unit and on_unit.any():
+            self.units.add(src.unit[on_unit], acts[on_unit])
+
+    def _add_cells(self, rec: np.ndarray, col: np.ndarray, vals: np.ndarray) -> None:
+        # The chunk's last cell may go on in the next chunk: its entries are held back and
+        # joined with the next chunk's first cell, so that parts are disjoint and in order and
+        # the final compaction needs no sort.
+        F = self.num_features
+        if not np.all(rec[1:] >= rec[:-1]):  # not in record order: sorted at compaction
+            self._flush_cells()
+            self.cells.add_part(_group_reduce(rec, col, vals, F))
+            return
+        start = 0
+        if self._tail is not None:
+            tail, self._tail = self._tail, None
+            if tail[0][0] == rec[0]:
+                start = int(np.searchsorted(rec, rec[0], side="right"))
+                tail = tuple(np.concatenate([a, b[:start]])
+                             for a, b in zip(tail, (rec, col, vals)))
+            if start == len(rec):  # the whole chunk continues the held cell
+                self._tail = tail
+                return
+            self.cells.add_part(_group_reduce(*tail, F))
+        cut = int(np.searchsorted(rec, rec[-1], side="left"))
+        self._tail = (rec[cut:], col[cut:], vals[cut:])
+        if cut > start:
+            self.cells.add_part(_group_reduce(rec[start:cut], col[start:cut], vals[start:cut], F))
+
+    def _flush_cells(self) -> None:
+        if self._tail is not None:
+            tail, self._tail = self._tail, None
+            self.cells.add_part(_group_reduce(*tail, self.num_features))
+
+    def _count_tokens(self, src) -> np.ndarray:
         on_unit = src.unit >= 0
         self.cell_tokens = _counts_add(self.cell_tokens, src.record[on_unit])
-        nz_unit = on_unit[rows]
-        r, c, v = rows[nz_unit], cols[nz_unit], vals[nz_unit]
-        self.cells.add(src.record[r] * F + c, v)
         if self.cfg.per_unit:
             self.unit_tokens = _counts_add(self.unit_tokens, src.unit[on_unit])
-            self.units.add(src.unit[r] * F + c, v)
+        return on_unit
 
     def merge(self, other: "FeatureStats") -> None:
         self.num_tokens += other.num_tokens
-        self.fire_count += other.fire_count
         self.act_sum += other.act_sum
         np.maximum(self.act_max, other.act_max, out=self.act_max)
         self.hist += other.hist
         self.top.merge(other.top)
+        self._flush_cells()
+        other._flush_cells()
         self.cells.merge(other.cells)
         self.cell_tokens = _counts_add(self.cell_tokens, np.repeat(
             np.arange(len(other.cell_tokens)), other.cell_tokens))
@@ -187,22 +298,22 @@ class FeatureStats:
         n_cells = max(num_cells or 0, len(self.cell_tokens))
         cell_tokens = np.zeros(n_cells, np.int64)
         cell_tokens[: len(self.cell_tokens)] = self.cell_tokens
-        keys, vmax, vsum, _ = self.cells.compact()
+        self._flush_cells()
+        keys, vmax, vsum, _ = self.cells.compact()  # sorted: row-major CSR order
         shape = (n_cells, F)
-        row, col = keys // F, keys % F
-        cell_max = sp.csr_matrix((vmax.astype(np.float32), (row, col)), shape=shape)
+        row, col = keys // F, (keys % F).astype(np.int32)
+        indptr = np.searchsorted(row, np.arange(n_cells + 1))
+        cell_max = sp.csr_matrix((vmax.astype(np.float32), col, indptr), shape=shape)
         mean = (vsum / cell_tokens[row]).astype(np.float32)
-        cell_mean = sp.csr_matrix((mean, (row, col)), shape=shape)
+        cell_mean = sp.csr_matrix((mean, col.copy(), indptr.copy()), shape=shape)
 
         n_units = max(num_units or 0, len(self.unit_tokens))
         unit_tokens = np.zeros(n_units, np.int64)
         unit_tokens[: len(self.unit_tokens)] = self.unit_tokens
-        keys, _, usum, ucount = self.units.compact()
-        row, col = keys // F, keys % F
-        unit_sum = sp.csr_matrix((usum, (row, col)), shape=(n_units, F))
-        unit_fires = sp.csr_matrix((ucount, (row, col)), shape=(n_units, F))
+        unit_sum, fires = self.units.compact(n_units)
+        unit_fires = fires.astype(np.int64)
         return FeatureStatsResult(
-            self.num_tokens, self.fire_count.copy(), self.act_sum.copy(), self.act_max.copy(),
+            self.num_tokens, self.hist.sum(axis=1), self.act_sum.copy(), self.act_max.copy(),
             self.hist.copy(), self.top.values.copy(), self.top.ids.copy(), cell_max, cell_mean,
             cell_tokens, unit_sum, unit_fires, unit_tokens)
 

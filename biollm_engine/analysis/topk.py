@@ -34,6 +34,13 @@ def grouped_topk(groups: np.ndarray, values: np.ndarray, ids: np.ndarray, k: int
     return top_v, top_i
 
 
+def desc_keys(groups: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """int64 keys ordering entries by group, then value descending (float32 bits made monotone)."""
+    u = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32).astype(np.int64)
+    ordered = np.where(u & 0x80000000, u ^ 0xFFFFFFFF, u | 0x80000000)
+    return (np.asarray(groups, dtype=np.int64) << 32) | (0xFFFFFFFF - ordered)
+
+
 class TopK:
     """A mergeable running top-k per group (e.g. per feature), over values with global ids."""
 
@@ -42,24 +49,62 @@ class TopK:
         self.k = k
         self.values = np.full((num_groups, k), -np.inf, dtype=np.float32)
         self.ids = np.full((num_groups, k), -1, dtype=np.int64)
+        self.max_id = -1
+
+    def _merge_in_order(self, groups, values, ids) -> None:
+        """Merge candidates whose ids all exceed every held id (a stream in token order): the
+        held lists are already sorted, so only the candidates are sorted, then both are placed
+        by binary search; ties go to the held entry, which has the smaller id."""
+        K = self.k
+        ckey = desc_keys(groups, values)
+        order = np.argsort(ckey, kind="stable")  # stable: equal values stay in id order
+        ckey, cg, cv, cid = ckey[order], groups[order], values[order], ids[order]
+        touched = np.unique(cg)
+        lg = np.searchsorted(touched, cg)
+        hv, hi = self.values[touched], self.ids[touched]
+        hkey = desc_keys(np.repeat(touched, K), hv.ravel())
+        p_c = (np.searchsorted(hkey, ckey, side="right") - lg * K
+               + np.arange(len(cg)) - np.searchsorted(cg, cg, side="left"))
+        hg = np.repeat(touched, K)
+        p_h = (np.tile(np.arange(K), len(touched)) + np.searchsorted(ckey, hkey, side="left")
+               - np.searchsorted(cg, hg, side="left"))
+        new_v = np.full((len(touched), K), -np.inf, dtype=np.float32)
+        new_i = np.full((len(touched), K), -1, dtype=np.int64)
+        rows_h = np.repeat(np.arange(len(touched)), K)
+        m = p_h < K
+        new_v[rows_h[m], p_h[m]] = hv.ravel()[m]
+        new_i[rows_h[m], p_h[m]] = hi.ravel()[m]
+        m = p_c < K
+        new_v[lg[m], p_c[m]] = cv[m]
+        new_i[lg[m], p_c[m]] = cid[m]
+        self.values[touched] = new_v
+        self.ids[touched] = new_i
 
     def push(self, groups: np.ndarray, values: np.ndarray, ids: np.ndarray) -> None:
         if self.k == 0 or len(groups) == 0:
             return
-        # Only candidates that can still enter a group's list are sorted: after warm-up that is a
-        # small fraction of each chunk, which keeps the heap off the critical path.
-        threshold = self.values[:, -1]
-        cand = values >= threshold[groups]
+        groups = np.asarray(groups, dtype=np.int64)
+        values = np.asarray(values, dtype=np.float32)
+        ids = np.asarray(ids, dtype=np.int64)
+        # Only candidates that can still enter a group's list are sorted, with the held entries
+        # of just the groups they touch: after warm-up that is a small fraction of each chunk.
+        cand = values >= self.values[groups, -1]
         groups, values, ids = groups[cand], values[cand], ids[cand]
         if len(groups) == 0:
             return
-        held = self.ids >= 0
-        held_groups = np.nonzero(held)[0]
-        self.values, self.ids = grouped_topk(
-            np.concatenate([held_groups, groups]),
-            np.concatenate([self.values[held], values]),
-            np.concatenate([self.ids[held], ids]),
-            self.k, self.num_groups)
+        if ids.min() > self.max_id and np.all(ids[1:] >= ids[:-1]):
+            self._merge_in_order(groups, values, ids)
+        else:
+            touched = np.unique(groups)
+            held = self.ids[touched] >= 0
+            v, i = grouped_topk(
+                np.concatenate([np.nonzero(held)[0], np.searchsorted(touched, groups)]),
+                np.concatenate([self.values[touched][held], values]),
+                np.concatenate([self.ids[touched][held], ids]),
+                self.k, len(touched))
+            self.values[touched] = v
+            self.ids[touched] = i
+        self.max_id = max(self.max_id, int(ids.max()))
 
     def merge(self, other: "TopK") -> None:
         held = other.ids >= 0
