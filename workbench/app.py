@@ -48,7 +48,7 @@ def create(argv: list[str] | None = None):
     target = start_target(args.path)
     if target is not None:
         QTimer.singleShot(0, lambda: window.open_path(target))
-    QTimer.singleShot(300, window.detect_device)
+    QTimer.singleShot(0, window.finish_start_up)
     return app, window
 
 

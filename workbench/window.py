@@ -10,17 +10,15 @@ from PySide6.QtCore import QMimeData, QProcess, QSettings, Qt, QTimer
 from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import (QDockWidget, QFileDialog, QLabel, QMainWindow, QMessageBox,
                                QWidget)
-from superqt.utils import create_worker
-
 from biollm_engine.errors import BioLLMError
 
-from .jobs import JobRunner
 from .state import files
 from .state.session import Session
 from .views.data import DataPanel
 from .views.embedding import EmbeddingView
 from .views.export import ask_figure_path
 from .views.features import FeaturesPanel
+from .views.icons import load_pending_icons
 from .views.jobs import JobsPanel
 from .views.log import LogView
 from .views.models import ModelsPanel
@@ -41,7 +39,7 @@ class MainWindow(QMainWindow):
         self.setAcceptDrops(True)
         self.session = session or Session()
         self.settings = settings or QSettings("BioLLM", "Workbench")
-        self.runner = JobRunner(self.session.jobs)
+        self._runner = None
         self._workers: set = set()  # loaders in flight, kept alive until they report
 
         self.log_view = LogView()  # first, so that everything below is logged
@@ -87,6 +85,15 @@ class MainWindow(QMainWindow):
             self.restoreGeometry(self.settings.value("geometry"))
         if self.settings.value("state") is not None:
             self.restoreState(self.settings.value("state"))
+
+    @property
+    def runner(self):
+        """Starts jobs in worker threads; made on first use (superqt loads after start-up)."""
+        if self._runner is None:
+            from .jobs import JobRunner
+
+            self._runner = JobRunner(self.session.jobs)
+        return self._runner
 
     # -- menus --------------------------------------------------------------------------------
     def _action(self, menu, text, slot, shortcut=None) -> QAction:
@@ -183,6 +190,8 @@ class MainWindow(QMainWindow):
         self._remember(r.path)
 
     def _start(self, fn, *args, on_done) -> None:
+        from superqt.utils import create_worker
+
         worker = create_worker(fn, *args, _start_thread=False, _ignore_errors=True)
         self._workers.add(worker)
         worker.returned.connect(on_done)
@@ -295,6 +304,11 @@ class MainWindow(QMainWindow):
                 self.show_error(error_text(e))
 
     # -- status bar ---------------------------------------------------------------------------
+    def finish_start_up(self) -> None:
+        """What can wait until the window has been painted: icons, the compute device."""
+        load_pending_icons()
+        self.detect_device()
+
     def detect_device(self) -> None:
         """Name the compute device from a child process: importing torch here, even in a
         worker thread, would hold the GIL and freeze the window for a second."""

@@ -17,7 +17,7 @@ from PySide6.QtWidgets import (QGraphicsPathItem, QGraphicsRectItem, QHBoxLayout
 
 from ..state.cells import CellsState
 from . import raster
-from .icons import icon
+from .icons import icon_later
 
 PAN, RECT, LASSO = "pan", "rect", "lasso"
 INK = "#333333"
@@ -102,10 +102,7 @@ class EmbeddingView(QWidget):
         self.plot.addItem(self.image)
         self.legend = pg.LegendItem(labelTextColor=INK, labelTextSize="9pt", verSpacing=-6)
         self.legend.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Fixed)
-        self.colour_bar = pg.ColorBarItem(values=(0, 1), colorMap="viridis", interactive=False,
-                                          width=12)
-        self.colour_bar.axis.setPen(INK)
-        self.colour_bar.axis.setTextPen(INK)
+        self.colour_bar: pg.ColorBarItem | None = None  # made at the first continuous colouring
         self.title = self.plot.titleLabel
 
         self.empty = QLabel("Drop an .h5ad file here\n\nor use File › Open data…")
@@ -118,20 +115,18 @@ class EmbeddingView(QWidget):
         bar = QHBoxLayout()
         bar.setContentsMargins(4, 2, 4, 0)
         self.mode_buttons = {}
-        for mode, ico, tip in ((PAN, "fa5s.arrows-alt", "Pan and zoom (shift-drag: rectangle)"),
-                               (RECT, "fa5s.vector-square", "Rectangle selection"),
-                               (LASSO, "fa5s.draw-polygon", "Lasso selection")):
-            b = QToolButton(checkable=True, autoExclusive=True, toolTip=tip)
-            b.setIcon(icon(ico))
+        for mode, ico, text, tip in ((PAN, "fa5s.arrows-alt", "Pan", "Pan and zoom (shift-drag: "
+                                      "rectangle selection)"),
+                                     (RECT, "fa5s.vector-square", "Rectangle", "Rectangle selection"),
+                                     (LASSO, "fa5s.draw-polygon", "Lasso", "Lasso selection")):
+            b = self._button(text, tip, ico, checkable=True, autoExclusive=True)
             b.clicked.connect(lambda _=False, m=mode: self.set_mode(m))
             bar.addWidget(b)
             self.mode_buttons[mode] = b
         self.mode_buttons[PAN].setChecked(True)
-        clear = QToolButton(toolTip="Clear the selection")
-        clear.setIcon(icon("fa5s.times-circle"))
+        clear = self._button("Clear", "Clear the selection", "fa5s.times-circle")
         clear.clicked.connect(lambda: self.state.select([]))
-        home = QToolButton(toolTip="Show all cells")
-        home.setIcon(icon("fa5s.expand"))
+        home = self._button("Fit", "Show all cells", "fa5s.expand")
         home.clicked.connect(self.reset_range)
         bar.addWidget(clear)
         bar.addWidget(home)
@@ -157,6 +152,12 @@ class EmbeddingView(QWidget):
         state.colour_changed.connect(self._on_colour)
         state.selection_changed.connect(self._on_selection)
         self._on_loaded()
+
+    def _button(self, text: str, tip: str, icon_name: str, **kw) -> QToolButton:
+        b = QToolButton(text=text, toolTip=tip, **kw)
+        b.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+        icon_later(b, icon_name)
+        return b
 
     # -- state -> view ------------------------------------------------------------------------
     def _on_loaded(self) -> None:
@@ -206,9 +207,14 @@ class EmbeddingView(QWidget):
         """Legend for categories, colour bar for values; built once, re-labelled per colouring."""
         c = self.state.colouring()
         self.legend.clear()
+        if c.kind == "continuous" and self.colour_bar is None:
+            self.colour_bar = pg.ColorBarItem(values=(0, 1), colorMap="viridis",
+                                              interactive=False, width=12)
+            self.colour_bar.axis.setPen(INK)
+            self.colour_bar.axis.setTextPen(INK)
         want = {"categorical": self.legend, "continuous": self.colour_bar}.get(c.kind)
         for item in (self.legend, self.colour_bar):
-            if item is not want and item.scene() is not None:
+            if item is not None and item is not want and item.scene() is not None:
                 self.glw.removeItem(item)
         self.plot.setTitle(c.name or None, color=INK, size="11pt")
         self.info.setText(f"{self.state.n_cells:,} cells")

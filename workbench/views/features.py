@@ -10,12 +10,10 @@ import logging
 
 from PySide6.QtWidgets import (QComboBox, QFileDialog, QHBoxLayout, QLabel, QLineEdit,
                                QTableView, QToolButton, QVBoxLayout, QWidget)
-from superqt.utils import create_worker
-
 from ..state import features as feat
 from ..state.session import Session
 from .export import copy_table, export_table
-from .icons import icon
+from .icons import icon_later
 from .table import FrameModel, proxy_for
 
 log = logging.getLogger("workbench")
@@ -42,12 +40,12 @@ class FeaturesPanel(QWidget):
                             "back by <code>biollm features --write-h5ad</code> (obsm "
                             "X_&lt;dictionary&gt;), or choose a matrix above.")
         self.empty.setWordWrap(True)
-        save = QToolButton(toolTip="Export the table (CSV, TSV, Parquet)")
-        save.setIcon(icon("fa5s.file-export"))
+        save = QToolButton(text="Export", toolTip="Export the table (CSV, TSV, Parquet)")
+        icon_later(save, "fa5s.file-export")
         save.clicked.connect(self._export)
-        copy = QToolButton(toolTip="Copy the table to the clipboard")
-        copy.setIcon(icon("fa5s.copy"))
-        copy.clicked.connect(lambda: copy_table(self.model.df))
+        copy = QToolButton(text="Copy", toolTip="Copy the table to the clipboard")
+        icon_later(copy, "fa5s.copy")
+        copy.clicked.connect(lambda: self.model.df is not None and copy_table(self.model.df))
         top = QHBoxLayout()
         top.addWidget(self.source, 1)
         top.addWidget(save)
@@ -74,20 +72,20 @@ class FeaturesPanel(QWidget):
 
     def show_matrix(self, key: str | None) -> None:
         """Compute the table for obsm[key] in a worker; None or "(none)" clears it."""
-        import pandas as pd
-
         key = None if key in (None, "(none)") else key
         self.key = key
         self.source.setCurrentText(key or "(none)")
         self.empty.setVisible(key is None)
         self.table.setVisible(key is not None)
         if key is None:
-            self.model.set_frame(pd.DataFrame())
+            self.model.set_frame(None)
             return
         a = self.cells.adata
         types = a.obs[self.cells.type_key].values if self.cells.type_key else None
         labels = {int(k.rsplit(":", 1)[1]): v for k, v in
                   self.session.workspace.feature_labels.items() if k.startswith(f"{key}:")}
+        from superqt.utils import create_worker
+
         self.worker = create_worker(feat.feature_stats, a.obsm[key], types, labels,
                                     _start_thread=False, _ignore_errors=True)
         self.worker.returned.connect(lambda df, k=key: self._show(k, df))
@@ -119,5 +117,5 @@ class FeaturesPanel(QWidget):
     def _export(self) -> None:
         path, _ = QFileDialog.getSaveFileName(self, "Export feature table", "features.csv",
                                               "CSV (*.csv);;TSV (*.tsv);;Parquet (*.parquet)")
-        if path:
+        if path and self.model.df is not None:
             export_table(self.model.df, path)

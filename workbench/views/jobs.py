@@ -35,16 +35,7 @@ class JobsPanel(QWidget):
         header.setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)
         self.plots = pg.GraphicsLayoutWidget()
         self.plots.setBackground("w")
-        self.curves: dict[str, pg.PlotDataItem] = {}
-        for i, name in enumerate(METRICS):
-            p = self.plots.addPlot(row=0, col=i, title=name)
-            p.titleLabel.setText(name, color="#333", size="9pt")
-            p.getAxis("left").setPen("#333")
-            p.getAxis("left").setTextPen("#333")
-            p.getAxis("left").setWidth(42)
-            p.getAxis("bottom").setStyle(showValues=False)  # steps: in the row; axes cost paint
-            p.setMouseEnabled(x=False, y=False)
-            self.curves[name] = p.plot(pen=pg.mkPen("#1f77b4", width=2))
+        self.curves: dict[str, pg.PlotDataItem] = {}  # the plots are made with the first job
         splitter = QSplitter(Qt.Orientation.Vertical)
         splitter.addWidget(self.table)
         splitter.addWidget(self.plots)
@@ -66,7 +57,20 @@ class JobsPanel(QWidget):
         for j in jobs.jobs:
             self._add(j)
 
+    def _make_plots(self) -> None:
+        for i, name in enumerate(METRICS):
+            p = self.plots.addPlot(row=0, col=i, title=name)
+            p.titleLabel.setText(name, color="#333", size="9pt")
+            p.getAxis("left").setPen("#333")
+            p.getAxis("left").setTextPen("#333")
+            p.getAxis("left").setWidth(42)
+            p.getAxis("bottom").setStyle(showValues=False)  # steps: in the row; axes cost paint
+            p.setMouseEnabled(x=False, y=False)
+            self.curves[name] = p.plot(pen=pg.mkPen("#1f77b4", width=2))
+
     def _add(self, job: Job) -> None:
+        if not self.curves:
+            self._make_plots()
         r = self.table.rowCount()
         self.table.insertRow(r)
         self.rows.append(job)
@@ -126,6 +130,8 @@ class JobsPanel(QWidget):
         self._draw(job)
 
     def _draw(self, job: Job | None) -> None:
+        if job is None and not self.curves:
+            return
         for name, curve in self.curves.items():
             steps, values = job.history.get(name, ([], [])) if job else ([], [])
             curve.setData(steps, values)

@@ -7,7 +7,6 @@ import html
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtWidgets import QLabel, QScrollArea, QVBoxLayout, QWidget
-from superqt import QFlowLayout
 
 MAX_CHIPS = 120
 
@@ -18,8 +17,7 @@ class SentenceView(QWidget):
         self.header = QLabel("Click a cell to see its cell sentence.")
         self.header.setWordWrap(True)
         self.chips = QWidget()
-        self.flow = QFlowLayout(self.chips)
-        self.flow.setSpacing(3)
+        self.flow = None  # superqt's flow layout, made on the first click (after start-up)
         scroll = QScrollArea(widgetResizable=True)
         scroll.setWidget(self.chips)
         lay = QVBoxLayout(self)
@@ -31,6 +29,11 @@ class SentenceView(QWidget):
 
     def _clear(self) -> None:
         self.genes = []
+        if self.flow is None:
+            from superqt import QFlowLayout
+
+            self.flow = QFlowLayout(self.chips)
+            self.flow.setSpacing(3)
         while self.flow.count():
             w = self.flow.takeAt(0).widget()
             if w is not None:

@@ -15,23 +15,21 @@ SORT_ROLE = Qt.ItemDataRole.UserRole
 
 class FrameModel(QAbstractTableModel):
     def __init__(self, df: pd.DataFrame | None = None, editable: tuple[str, ...] = ()):
-        import pandas as pd
-
         super().__init__()
-        self.df = df if df is not None else pd.DataFrame()
+        self.df = df  # None until there is a table: pandas is not imported at start-up
         self.editable = editable
         self.on_edit = None  # callable(row, column_name, value)
 
-    def set_frame(self, df: pd.DataFrame) -> None:
+    def set_frame(self, df: pd.DataFrame | None) -> None:
         self.beginResetModel()
-        self.df = df.reset_index(drop=True)
+        self.df = None if df is None else df.reset_index(drop=True)
         self.endResetModel()
 
     def rowCount(self, parent=QModelIndex()) -> int:
-        return 0 if parent.isValid() else len(self.df)
+        return 0 if parent.isValid() or self.df is None else len(self.df)
 
     def columnCount(self, parent=QModelIndex()) -> int:
-        return 0 if parent.isValid() else len(self.df.columns)
+        return 0 if parent.isValid() or self.df is None else len(self.df.columns)
 
     def data(self, index, role=Qt.ItemDataRole.DisplayRole):
         if not index.isValid():
