@@ -220,8 +220,7 @@ def harvest(lm: LoadedModel, examples: Iterable[TokenizedExample], cfg: HarvestC
     def flush() -> None:
         if buf["examples"] == 0:
             return
-        writer.write({h: torch.cat(buf_acts[h]) if buf_acts[h] else torch.empty(0, lm.d_model, dtype=dtype)
-                      for h in names},
+        writer.write({h: torch.cat(buf_acts[h]) for h in names},
                      {k: torch.cat(v) for k, v in buf_src.items()}, buf["examples"])
         for v in buf_acts.values():
             v.clear()
@@ -230,6 +229,8 @@ def harvest(lm: LoadedModel, examples: Iterable[TokenizedExample], cfg: HarvestC
 
     total = done_tokens
     remaining = itertools.islice(examples, done_examples, None)
+    if by_tokens and total >= cfg.max_tokens:  # stopped after its last shard, before marking
+        remaining = iter(())
     try:
         tracker.cancel.raise_if_cancelled()
         for acts, sources, n_ex in kept_activations(lm, remaining, names, cfg.batch_size,
