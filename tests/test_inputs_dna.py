@@ -103,6 +103,26 @@ def test_long_record_streams_across_chunks(tmp_path, monkeypatch):
     assert [w.index for w in ds.windows(indices=[16, 3])] == [3, 16]
 
 
+def test_one_line_records_and_long_headers_stream_in_blocks(tmp_path, monkeypatch):
+    monkeypatch.setattr(dna_module, "READ_BLOCK", 37)  # lines and headers cross block boundaries
+    monkeypatch.setattr(dna_module, "CHUNK_BASES", 100)
+    a, b = random_dna(1000, 11), random_dna(333, 12)
+    long_header = "chrA " + "description " * 10
+    path = tmp_path / "oneline.fa"
+    path.write_bytes(f">{long_header}\r\n{a}\r\n\r\n>chrB\n{b}".encode())
+    chunks = list(read_sequences(path))
+    assert max(len(c) for *_, c in chunks) <= 100 + 37
+    assert {n for _, n, _, _ in chunks} == {"chrA", "chrB"}
+    assert "".join(c for r, _, _, c in chunks if r == 0) == a
+    assert "".join(c for r, _, _, c in chunks if r == 1) == b
+    ds = DnaDataset(path, DnaConfig(window=128, stride=100))
+    assert [w.seq for w in ds.windows() if w.name == "chrB"] == \
+        [b[s:e] for s, e in window_spans(333, 128, 100)]
+    path.write_text(f">chrA\n{a[:500]}J{a[501:]}\n")
+    with pytest.raises(BioLLMError, match="'chrA' has 'J' at position 501 \\(line 2\\)"):
+        DnaDataset(path)
+
+
 def test_windows_in_assembly_gaps_can_be_skipped(tmp_path, monkeypatch):
     monkeypatch.setattr(dna_module, "CHUNK_BASES", 500)  # a gap across chunk boundaries
     seq = "N" * 1200 + random_dna(700, 6) + "n" * 300 + random_dna(250, 7) + "N" * 90

@@ -32,6 +32,7 @@ _COMPLEMENT = str.maketrans("ACGTRYSWKMBDHVNacgtryswkmbdhvn", "TGCAYRSWMKVHDBNtg
 FASTA_SUFFIXES = (".fa", ".fasta", ".fna", ".ffn", ".frn", ".fas")
 GENBANK_SUFFIXES = (".gb", ".gbk", ".genbank", ".gbff")
 CHUNK_BASES = 1 << 16
+READ_BLOCK = 1 << 20  # characters read at a time: memory stays bounded even for one-line records
 TOKENIZE_BATCH = 64
 
 
@@ -119,28 +120,56 @@ def _check_letters(path, name: str, text: str, offset: int, line: int | None = N
                           f"{IUPAC} are allowed.")
 
 
+def _line_pieces(f) -> Iterator[tuple[int, str, bool]]:
+    """(line number, piece, whether it starts a line) from a text stream read in blocks, so that
+    a line of any length (a chromosome written on one line) arrives in bounded pieces."""
+    lineno, at_start = 1, True
+    while block := f.read(READ_BLOCK):
+        lines = block.split("\n")
+        for j, piece in enumerate(lines):
+            if piece:
+                yield lineno, piece, at_start
+            if j < len(lines) - 1:
+                lineno, at_start = lineno + 1, True
+            elif piece:
+                at_start = False
+
+
 def _fasta_chunks(path: Path) -> Iterator[tuple[int, str, int, str]]:
     record, name, offset, parts, size = -1, "", 0, [], 0
+    header: list[str] | None = None  # pieces of the header line being read
+
+    def header_name() -> str:
+        words = "".join(header).split(maxsplit=1)
+        return words[0] if words else f"record{record + 1}"
+
     with _open_text(path) as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            if line.startswith(">"):
+        for lineno, piece, starts in _line_pieces(f):
+            if header is not None:
+                if not starts:
+                    header.append(piece)
+                    continue
+                name, header = header_name(), None
+            if starts and piece.lstrip().startswith(">"):
                 if record >= 0:
                     yield record, name, offset, "".join(parts)
                 record, offset, parts, size = record + 1, 0, [], 0
-                name = line[1:].split(maxsplit=1)[0] if line[1:].strip() else f"record{record + 1}"
+                header = [piece.lstrip()[1:]]
+                continue
+            seq = piece.strip()
+            if not seq:
                 continue
             if record < 0:
                 raise BioLLMError(f"{path} line {lineno}: sequence before the first '>' header; "
                                   "check the FASTA file.")
-            _check_letters(path, name, line, offset + size, lineno)
-            parts.append(line)
-            size += len(line)
+            _check_letters(path, name, seq, offset + size, lineno)
+            parts.append(seq)
+            size += len(seq)
             if size >= CHUNK_BASES:
                 yield record, name, offset, "".join(parts)
                 offset, parts, size = offset + size, [], 0
+        if header is not None:
+            name = header_name()
         if record >= 0:
             yield record, name, offset, "".join(parts)
 
