@@ -80,14 +80,22 @@ def _clean_acts(lm, dictionary, ids: torch.Tensor) -> dict:
 
 @torch.no_grad()
 def _reconstruct(dictionary, acts: dict) -> tuple[dict, object]:
+    """Reconstructions {hookpoint: [n, width]} from activations holding what the dictionary
+    reads (and, for transcoders, the target, which their forward also measures)."""
     dcfg = dictionary.cfg
-    result = dictionary(_inputs(dictionary, acts))
+    target = writes(dcfg)[0]
+    y = None if dcfg.kind in ("sae", "crosscoder") else _on(dictionary, acts[target])
+    result = dictionary(_inputs(dictionary, acts), y)
     return split_outputs(dcfg, result.out), result
 
 
+def _on(dictionary, t: torch.Tensor) -> torch.Tensor:
+    return t.to(next(dictionary.parameters()).device, torch.float32)
+
+
 def _inputs(dictionary, acts: dict) -> torch.Tensor:
-    dev = next(dictionary.parameters()).device
-    return stack_inputs(dictionary.cfg, {h: a.to(dev, torch.float32) for h, a in acts.items()})
+    dcfg = dictionary.cfg
+    return stack_inputs(dcfg, {h: _on(dictionary, acts[h]) for h in reads(dcfg)})
 
 
 @contextlib.contextmanager
@@ -123,8 +131,8 @@ def _replaced_online(lm, dictionary):
 
         def fn(a):
             x = a if store is None else store[dcfg.hookpoint]
-            recon, _ = _reconstruct(dictionary, {dcfg.hookpoint: x.reshape(-1, dcfg.d_in)})
-            return recon[target].to(a.dtype).reshape(a.shape)
+            acts = {dcfg.hookpoint: x.reshape(-1, dcfg.d_in), target: a.reshape(-1, dcfg.d_out)}
+            return _reconstruct(dictionary, acts)[0][target].to(a.dtype).reshape(a.shape)
 
         stack.enter_context(splice(lm, target, fn))
         yield
