@@ -1,5 +1,6 @@
 """Text inputs (.txt, .jsonl, saved datasets) and `open_data`'s format detection and errors."""
 
+import gzip
 import json
 
 import numpy as np
@@ -65,6 +66,9 @@ def test_jsonl_errors_name_the_line(tmp_path):
     (tmp_path / "latin.txt").write_bytes("ok\ncaf\xe9\n".encode("latin-1"))
     with pytest.raises(BioLLMError, match="line 2 is not UTF-8"):
         open_data(tmp_path / "latin.txt")
+    (tmp_path / "notes.txt.gz").write_bytes(gzip.compress(b"one\ntwo\n"))
+    with pytest.raises(BioLLMError, match="gzip-compressed; decompress it"):
+        open_data(tmp_path / "notes.txt.gz")
     (tmp_path / "blank.txt").write_text("\n  \n")
     with pytest.raises(BioLLMError, match="no text"):
         open_data(tmp_path / "blank.txt")

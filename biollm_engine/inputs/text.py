@@ -59,6 +59,10 @@ class TextDataset:
         ranges, para_start, pos = [], None, 0
         jsonl = self.format == "jsonl"
         with open(self.path, "rb") as f:
+            if f.read(2) == b"\x1f\x8b":
+                raise BioLLMError(f"{self.path} is gzip-compressed; decompress it (gunzip) so its "
+                                  "texts can be read by position.")
+            f.seek(0)
             for lineno, raw in enumerate(f, 1):
                 start, pos = pos, pos + len(raw)
                 try:
