@@ -9,6 +9,7 @@ after each shard, so an interrupted harvest leaves a readable cache of its compl
 
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -28,21 +29,54 @@ def shard_name(i: int) -> str:
 
 
 class ShardWriter:
-    """Appends shards to a cache folder and keeps its index current."""
+    """Appends shards to a cache folder and keeps its index current.
 
-    def __init__(self, out_dir: str | Path, index: dict):
+    With `background`, each shard is concatenated and written on a worker thread while the
+    caller computes the next one (on a GPU the write would otherwise stall the model); at most
+    one shard is pending, and `close` waits for it.
+    """
+
+    def __init__(self, out_dir: str | Path, index: dict, background: bool = False):
         self.dir = Path(out_dir)
         self.index = index
         self.dir.mkdir(parents=True, exist_ok=True)
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="shard-writer") if background else None
+        self._pending: Future | None = None
 
     def write(self, acts: dict, sources: dict, examples: int) -> None:
-        """Write one shard ({hookpoint: [n, d]}, {field: [n]}) covering `examples` more examples."""
+        """Write one shard ({hookpoint: [n, d]}, {field: [n]}; values may be lists of parts to
+        concatenate) covering `examples` more examples."""
+        if self._pool is None:
+            self._write(acts, sources, examples)
+            return
+        self.wait()
+        self._pending = self._pool.submit(self._write, acts, sources, examples)
+
+    def wait(self) -> None:
+        """Block until the pending shard is on disk; re-raise its error if it failed."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def close(self) -> None:
+        try:
+            self.wait()
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown()
+                self._pool = None
+
+    def _write(self, acts: dict, sources: dict, examples: int) -> None:
+        import torch
         from safetensors.torch import save_file
 
-        n = int(next(iter(sources.values())).shape[0])
+        def whole(v):
+            return torch.cat(v) if isinstance(v, list) else v
+
+        tensors = {f"acts.{h}": whole(t).contiguous() for h, t in acts.items()}
+        tensors.update({k: whole(v).contiguous() for k, v in sources.items()})
+        n = int(tensors[f"acts.{next(iter(acts))}"].shape[0])
         name = shard_name(len(self.index["shards"]))
-        tensors = {f"acts.{h}": t.contiguous() for h, t in acts.items()}
-        tensors.update({k: v.contiguous() for k, v in sources.items()})
         with atomic_path(self.dir / name) as tmp:
             save_file(tensors, str(tmp))
         self.index["shards"].append({"file": name, "tokens": n, "examples": examples})

@@ -159,7 +159,7 @@ def _open_writer(out_dir: Path, fresh: dict, overwrite: bool) -> ShardWriter:
         index = read_index(out_dir)
         if not overwrite and _same_harvest(index, fresh):
             index["meta"] = fresh["meta"]
-            return ShardWriter(out_dir, index)
+            return ShardWriter(out_dir, index, background=True)
         if not overwrite:
             raise BioLLMError(f"{out_dir} holds a cache of another harvest (other model, data, "
                               "hookpoints or token selection); choose another output folder or "
@@ -172,7 +172,7 @@ def _open_writer(out_dir: Path, fresh: dict, overwrite: bool) -> ShardWriter:
                           "choose a new or empty folder.")
     for stale in out_dir.glob("shard_*.safetensors") if out_dir.exists() else ():
         stale.unlink()
-    writer = ShardWriter(out_dir, fresh)
+    writer = ShardWriter(out_dir, fresh, background=True)
     writer.save_index()
     return writer
 
@@ -200,6 +200,7 @@ def harvest(lm: LoadedModel, examples: Iterable[TokenizedExample], cfg: HarvestC
     writer = _open_writer(out_dir, fresh, overwrite)
     index = writer.index
     if index["complete"]:
+        writer.close()
         return ActivationCache(out_dir)
     done_examples = int(index["examples_consumed"])
     done_tokens = int(index["num_tokens"])
@@ -209,22 +210,20 @@ def harvest(lm: LoadedModel, examples: Iterable[TokenizedExample], cfg: HarvestC
     tracker = ProgressTracker("harvest", cfg.max_tokens if by_tokens else total_examples,
                               progress, cancel, start_step=done_tokens if by_tokens else done_examples)
     bytes_per_token = sum(h.width for h in hps) * torch.finfo(getattr(torch, cfg.store_dtype)).bits // 8
-    # the buffer and its concatenated copy both live at flush time
+    # alive at once: the buffer being filled, the pending shard and its concatenated copy
     shard_tokens = max(1, min(cfg.shard_tokens,
-                              int(cfg.memory_budget_mb * 2**20 / (2 * bytes_per_token))))
+                              int(cfg.memory_budget_mb * 2**20 / (3 * bytes_per_token))))
     dtype = getattr(torch, cfg.store_dtype)
     buf_acts: dict[str, list] = {h: [] for h in names}
     buf_src: dict[str, list] = {}
     buf = {"tokens": 0, "examples": 0}
 
     def flush() -> None:
+        nonlocal buf_acts, buf_src
         if buf["examples"] == 0:
             return
-        writer.write({h: torch.cat(buf_acts[h]) for h in names},
-                     {k: torch.cat(v) for k, v in buf_src.items()}, buf["examples"])
-        for v in buf_acts.values():
-            v.clear()
-        buf_src.clear()
+        writer.write(buf_acts, buf_src, buf["examples"])  # the writer owns these lists now
+        buf_acts, buf_src = {h: [] for h in names}, {}
         buf.update(tokens=0, examples=0)
 
     total = done_tokens
@@ -256,6 +255,8 @@ def harvest(lm: LoadedModel, examples: Iterable[TokenizedExample], cfg: HarvestC
     except (Cancelled, KeyboardInterrupt):
         flush()
         raise
+    finally:
+        writer.close()
     index["complete"] = True
     writer.save_index()
     tracker.update(steps=0, force=True, message="done")

@@ -145,3 +145,26 @@ def test_reading_never_changes_the_cache(tmp_path):
     cache.read("layers.0", 2, 15)
     assert {p.name: p.read_bytes() for p in (tmp_path / "c").iterdir()} == before
     assert np.isclose(cache.read("layers.0", 2, 3)[0, 1].item(), 2.1, atol=1e-6)
+
+
+def test_background_writer_matches_and_reports_errors(tmp_path):
+    sync = write_cache(tmp_path / "sync", [7, 5])
+    writer = ShardWriter(tmp_path / "bg", new_index(list(WIDTHS), WIDTHS, "float32", {}),
+                         background=True)
+    for s in range(2):
+        parts = [sync.read(h, int(sync.offsets[s]), int(sync.offsets[s + 1])) for h in WIDTHS]
+        src = sync.sources().iloc[int(sync.offsets[s]):int(sync.offsets[s + 1])]
+        writer.write({h: [p[:3], p[3:]] for h, p in zip(WIDTHS, parts)},  # parts are joined
+                     {k: torch.from_numpy(src[k].to_numpy()) for k in src.columns}, 1)
+    writer.close()
+    bg = ActivationCache(tmp_path / "bg")
+    assert bg.shards == [{**s, "examples": 1} for s in sync.shards]
+    for h in WIDTHS:
+        assert torch.equal(bg.read(h), sync.read(h))
+    assert bg.sources().equals(sync.sources())
+    broken = ShardWriter(tmp_path / "broken", new_index(list(WIDTHS), WIDTHS, "float32", {}),
+                         background=True)
+    broken.write({"layers.0": "not a tensor"}, {}, 1)
+    with pytest.raises(Exception):
+        broken.close()
+    assert broken.index["shards"] == []
