@@ -33,7 +33,6 @@ def create(argv: list[str] | None = None):
 
     limit_compute_threads()  # before numpy or torch start their thread pools
 
-    from PySide6.QtCore import QTimer
     from PySide6.QtWidgets import QApplication
 
     app = QApplication.instance() or QApplication(sys.argv[:1])
@@ -45,10 +44,7 @@ def create(argv: list[str] | None = None):
     if window.settings.value("geometry") is None:
         window.resize(1500, 950)
     window.show()
-    target = start_target(args.path)
-    if target is not None:
-        QTimer.singleShot(0, lambda: window.open_path(target))
-    QTimer.singleShot(0, window.finish_start_up)
+    window.open_after_paint = start_target(args.path)
     return app, window
 
 

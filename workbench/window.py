@@ -41,6 +41,8 @@ class MainWindow(QMainWindow):
         self.settings = settings or QSettings("BioLLM", "Workbench")
         self._runner = None
         self._workers: set = set()  # loaders in flight, kept alive until they report
+        self._painted = False
+        self.open_after_paint: Path | None = None  # set by app.create: a path or the demo
 
         self.log_view = LogView()  # first, so that everything below is logged
         self.embedding = EmbeddingView(self.session.cells)
@@ -304,8 +306,16 @@ class MainWindow(QMainWindow):
                 self.show_error(error_text(e))
 
     # -- status bar ---------------------------------------------------------------------------
+    def paintEvent(self, event) -> None:
+        super().paintEvent(event)
+        if not self._painted:
+            self._painted = True
+            QTimer.singleShot(0, self.finish_start_up)
+
     def finish_start_up(self) -> None:
-        """What can wait until the window has been painted: icons, the compute device."""
+        """What waits until the window has been painted: the first file, icons, the device."""
+        if self.open_after_paint is not None:
+            self.open_path(self.open_after_paint)
         load_pending_icons()
         self.detect_device()
 
@@ -316,8 +326,11 @@ class MainWindow(QMainWindow):
         self._device_process = proc
 
         def done(*_) -> None:
-            out = bytes(proc.readAllStandardOutput()).decode(errors="replace").strip()
-            self.device_label.setText(f"Device: {out.splitlines()[-1] if out else 'unknown'}")
+            try:
+                out = bytes(proc.readAllStandardOutput()).decode(errors="replace").strip()
+                self.device_label.setText(f"Device: {out.splitlines()[-1] if out else 'unknown'}")
+            except RuntimeError:  # the window closed first
+                pass
 
         proc.finished.connect(done)
         proc.start(sys.executable, ["-c", "from workbench.state.system import detect_device; "
@@ -342,6 +355,8 @@ class MainWindow(QMainWindow):
                 return
             self.runner.cancel_all()
             self.runner.wait(30.0)
+        if getattr(self, "_device_process", None) is not None:
+            self._device_process.kill()
         self.settings.setValue("geometry", self.saveGeometry())
         self.settings.setValue("state", self.saveState())
         event.accept()
