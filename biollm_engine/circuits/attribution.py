@@ -22,7 +22,15 @@ from ..progress import CancelToken, ProgressCallback, ProgressTracker
 from .graph import Graph
 from .replacement import ReplacementModel, Trace
 
-_CHUNK = 1 << 22  # elements per gathered [batch, features, d] block
+
+
+def _by_position(fv: torch.Tensor, pos: torch.Tensor, T: int):
+    """Feature vectors [n, d] (sorted by position) padded to [T, k_max, d], and each one's slot."""
+    slot = torch.arange(len(pos)) - torch.searchsorted(pos, pos)
+    k = int(slot.max()) + 1 if len(pos) else 1
+    padded = torch.zeros(T, k, fv.shape[-1], dtype=fv.dtype, device=fv.device)
+    padded[pos, slot] = fv
+    return padded.transpose(1, 2).contiguous(), slot
 
 
 def label_token(tokenizer, label: str, prompt: str = "") -> int:
@@ -52,8 +60,10 @@ class _Rows:
         T, L = len(trace.input_ids), rm.n_layers
         self.T, self.L = T, L
         self.embeds = trace.embeds.float()
-        self.fvecs = [rm.feature_vectors(trace, i) for i in range(L)]
-        self.n_feat = [len(v) for v in self.fvecs]
+        fvecs = [rm.feature_vectors(trace, i) for i in range(L)]
+        self.n_feat = [len(v) for v in fvecs]
+        # One batched matmul per layer: each position's gradient against its own features.
+        self.padded = [_by_position(v, trace.layers[i].positions, T) for i, v in enumerate(fvecs)]
         self.feat_offset = np.concatenate([[0], np.cumsum(self.n_feat)]).astype(int)
         self.n_active = int(self.feat_offset[-1])
         self.n_cols = self.n_active + L * T + T
@@ -96,11 +106,11 @@ class _Rows:
             lt = self.trace.layers[i]
             e0 = self.n_active + i * self.T
             row[:, e0:e0 + self.T] = (g * lt.error).sum(-1)
-            fv, pos, o = self.fvecs[i], lt.positions, self.feat_offset[i]
-            step = max(1, _CHUNK // max(1, n * fv.shape[-1]))
-            for s in range(0, len(fv), step):
-                e = min(s + step, len(fv))
-                row[:, o + s:o + e] = (g[:, pos[s:e]] * fv[s:e]).sum(-1)
+            if self.n_feat[i]:
+                padded, slot = self.padded[i]
+                per_pos = torch.bmm(g.transpose(0, 1), padded)  # [T, n, k_max]
+                o = self.feat_offset[i]
+                row[:, o:o + self.n_feat[i]] = per_pos[lt.positions, :, slot].T
         return row
 
     def free(self) -> None:

@@ -170,7 +170,7 @@ class Graph:
         # Input nodes have no incoming edges, so their rows are zero.
         new = torch.cat([a[:s], torch.zeros(m, a.shape[1]), a[e:]], 0)
         positions = [sorted(p for n in groups[k] for p in self.input_positions[n]) for k in order]
-        labels = [self.input_labels[groups[k][0]] for k in order]
+        labels = [k if not k.startswith("\0") else self.input_labels[groups[k][0]] for k in order]
         bias = np.concatenate([self.bias[:s], np.zeros(m, np.float32), self.bias[e:]])
         return _replace(self, input_positions=positions, input_labels=labels, adjacency=new,
                         bias=bias)

@@ -201,6 +201,7 @@ class ReplacementModel:
     """A causal LM with transcoders standing in for the MLPs of their layers."""
 
     def __init__(self, lm, transcoders):
+        from ..dictionaries import check_fits
         from ..models import resolve_hookpoint
 
         if not lm.is_causal:
@@ -213,9 +214,7 @@ class ReplacementModel:
             layer = transcoder_layer(tc, self.n_layers)
             if layer in self.transcoders:
                 raise BioLLMError(f"two transcoders for layer {layer}; give one per layer.")
-            if tc.cfg.d_in != lm.d_model:
-                raise BioLLMError(f"transcoder for layer {layer} has width {tc.cfg.d_in} but the "
-                                  f"model's is {lm.d_model}; use dictionaries trained on it.")
+            check_fits(tc, lm.d_model, lm.d_model)
             self.transcoders[layer] = tc
         if not self.transcoders:
             raise BioLLMError("no transcoders given; circuits need at least one.")
