@@ -85,11 +85,12 @@ def tokenize_with_offsets(tokenizer, texts: list[str], max_length: int | None = 
             if special[j]:
                 offsets[j] = cursor
                 continue
-            piece = tokenizer.convert_tokens_to_string([tok]).strip()
+            # WordPiece continuations read '##ab'; uncased vocabularies lower-case the text
+            piece = tokenizer.convert_tokens_to_string([tok]).strip().removeprefix("##")
             start = cursor
             while start < len(text) and text[start].isspace():
                 start += 1
-            if piece and text.startswith(piece, start):
+            if piece and text[start:start + len(piece)].lower() == piece.lower():
                 offsets[j] = (start, start + len(piece))
                 cursor = start + len(piece)
             else:
