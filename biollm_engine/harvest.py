@@ -257,6 +257,9 @@ def harvest(lm: LoadedModel, examples: Iterable[TokenizedExample], cfg: HarvestC
         raise
     finally:
         writer.close()
+    if index["num_tokens"] == 0:
+        raise BioLLMError("the data yielded no tokens to harvest (empty data, or no token marked "
+                          "to keep, e.g. genes-only on data without gene names); check the data.")
     index["complete"] = True
     writer.save_index()
     tracker.update(steps=0, force=True, message="done")

@@ -179,6 +179,12 @@ def test_output_folder_guards(neox, tmp_path):
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
     with pytest.raises(BioLLMError, match="valid names"):
         harvest(neox, examples, HarvestConfig(hookpoints=["layers.9"]), tmp_path / "x")
+    for e in examples:
+        e.keep[:] = False
+    with pytest.raises(BioLLMError, match="no tokens to harvest"):
+        harvest(neox, examples, HarvestConfig(hookpoints=["layers.0"]), tmp_path / "none")
+    with pytest.raises(BioLLMError, match="no tokens to harvest"):
+        harvest(neox, [], HarvestConfig(hookpoints=["layers.0"]), tmp_path / "none2")
     with pytest.raises(BioLLMError, match="no hookpoints"):
         harvest(neox, examples, HarvestConfig(), tmp_path / "x")
     with pytest.raises(BioLLMError, match="store dtype"):
