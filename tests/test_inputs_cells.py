@@ -134,6 +134,16 @@ def test_gene_tokens_map_back_to_their_genes(cells, tokenizer):
     assert len(short) == 60 and np.array_equal(short.input_ids, examples[1].input_ids[:60])
 
 
+def test_cells_with_few_or_no_expressed_genes(tokenizer):
+    X = np.zeros((3, 4), np.float32)
+    X[1, 2], X[2] = 1.5, [0.5, 0.5, 0.5, 2.0]
+    ds = CellDataset(ad.AnnData(X=X, var=pd.DataFrame(index=["cd3e", "ms4a1", "nkg7", "lyz"])))
+    assert [ds.sentence(i) for i in range(3)][:2] == [[], ["NKG7"]]
+    assert ds.sentence(2)[0] == "LYZ" and sorted(ds.sentence(2)[1:]) == ["CD3E", "MS4A1", "NKG7"]
+    kept = [e.unit[e.keep].tolist() for e in ds.examples(tokenizer, genes_only=True)]
+    assert kept[0] == [] and set(kept[1]) == {2} and kept[2][0] == 3
+
+
 def test_backed_reading_gives_the_same_sentences(pbmc_h5ad, cells, tokenizer):
     with open_data(pbmc_h5ad, backed="yes") as backed:
         assert "from disk" in backed.describe() and "in memory" in cells.describe()

@@ -427,8 +427,8 @@ class CellDataset:
             encoded = tokenize_with_offsets(tokenizer, prompts, max_length)
             for cell, genes, text, (ids, offsets, special) in zip(chunk, ranked, prompts, encoded):
                 lengths = self._gene_len[genes]
-                starts = len(self._prefix) + np.concatenate([[0], np.cumsum(lengths + 1)[:-1]])
-                rank = spans_to_units(offsets, starts.astype(np.int64), starts + lengths)
+                starts = len(self._prefix) + np.cumsum(lengths + 1) - (lengths + 1)
+                rank = spans_to_units(offsets, starts, starts + lengths)
                 rank[special] = -1
                 unit = np.where(rank >= 0, genes[np.maximum(rank, 0)] if len(genes) else -1, -1)
                 keep = ~special & (rank >= 0) if genes_only else ~special
