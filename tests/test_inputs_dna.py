@@ -255,6 +255,8 @@ def test_bad_letters_name_record_and_position(tmp_path):
     path = write_fasta(tmp_path / "bad.fa", [("ok", good), ("chrX", good[:70] + "AXG" + good[73:])])
     with pytest.raises(BioLLMError, match=r"record 'chrX' has 'X' at position 72 \(line 7\)"):
         DnaDataset(path)
+    (tmp_path / "twice.fa").write_text(">same\nACGT\n>same\nGGCC\n")
+    assert open_data(tmp_path / "twice.fa", window=2).windows_table().name.tolist() == ["same"] * 4
     (tmp_path / "u.fa").write_text(">rna\nACGU\n")
     with pytest.raises(BioLLMError, match="'rna' has 'U' at position 4"):
         open_data(tmp_path / "u.fa")

@@ -296,10 +296,14 @@ class DnaDataset:
         if cfg.max_n_fraction < 1:
             self._spans = [s[n_count(s, g) <= cfg.max_n_fraction * (s[:, 1] - s[:, 0])]
                            for s, g in zip(self._spans, gaps)]
-        strands = ("+", "-") if cfg.reverse_complement else ("+",)
-        rows = [(r, names[r], s, e, strand) for r, spans in enumerate(self._spans)
-                for s, e in spans.tolist() for strand in strands]
-        self._table = pd.DataFrame(rows, columns=["record", "name", "start", "end", "strand"])
+        strands = ["+", "-"] if cfg.reverse_complement else ["+"]
+        per = len(strands)
+        spans = np.repeat(np.concatenate(self._spans), per, axis=0)  # a genome has millions
+        record = np.repeat(np.arange(len(names)), [len(s) * per for s in self._spans])
+        self._table = pd.DataFrame({
+            "record": record, "name": np.asarray(names, dtype=object)[record],
+            "start": spans[:, 0], "end": spans[:, 1],
+            "strand": np.tile(np.asarray(strands, dtype=object), len(spans) // per)})
         self._table.index.name = "window"
 
     def __len__(self) -> int:
