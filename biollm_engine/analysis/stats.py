@@ -226,7 +226,9 @@ class FeatureStats:
             return
         rows = np.repeat(np.arange(acts.shape[0]), np.diff(acts.indptr))
         cols = acts.indices.astype(np.int64)
-        vals = acts.data
+        # a fresh canonical float32: arrays that came through torch carry a float32 dtype
+        # instance that sends numpy's ufunc.at down its generic path, 100x slower
+        vals = acts.data.astype(np.float32)
         self.hist += np.bincount(cols * NUM_BINS + hist_bins(vals),
                                  minlength=F * NUM_BINS).reshape(F, NUM_BINS)
         self.act_sum += np.bincount(cols, weights=vals, minlength=F)

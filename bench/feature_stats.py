@@ -1,0 +1,97 @@
+"""Feature statistics over an activation cache against the speed of reading that cache.
+
+Writes a cache in the harvest's own format (float16 shards, cell-sentence-like sources), then
+times in one run, over the same chunks:
+  read   - `ActivationCache.read` of every chunk (page cache warm: an upper bound on disk speed),
+  encode - the dictionary's sparse encoding of those activations,
+  stats  - `FeatureStats.update` on the encoded chunks (all per-feature, per-cell, per-gene work),
+and prints tokens/s of each and the ratio stats / read (>= 1: the statistics keep up with reading).
+
+    python bench/feature_stats.py [--tokens 131072] [--width 1024] [--latents 8192] [--k 32]
+
+Defaults: Pythia-410m's width (C2S-Pythia), a 8x dictionary with k=32, 2,000 genes, cells of
+200 tokens. Encoding is the dictionary's dense matmul (compute-bound, see MEASURED.md) and is
+reported apart; the claim measured is that the statistics keep up with reading.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from biollm_engine.analysis.chunks import EncodedChunk, TokenSources
+from biollm_engine.analysis.encode import encode_activations
+from biollm_engine.analysis.stats import FeatureStats
+from biollm_engine.cache import ActivationCache, ShardWriter, new_index
+from biollm_engine.dictionaries.config import DictionaryConfig
+from biollm_engine.dictionaries.dictionary import Dictionary
+
+
+def write_cache(path: Path, tokens: int, width: int, genes: int, per_cell: int, shard: int):
+    rng = np.random.default_rng(0)
+    # a token's activation is dominated by its gene, as in a language model reading gene symbols
+    gene_dirs = rng.standard_normal((genes, width), dtype=np.float32)
+    writer = ShardWriter(path, new_index(["layers.1"], {"layers.1": width}, "float16",
+                                         {"units": [f"G{i}" for i in range(genes)]}))
+    for start in range(0, tokens, shard):
+        n = min(shard, tokens - start)
+        idx = np.arange(start, start + n)
+        unit = rng.integers(0, genes, n)
+        x = gene_dirs[unit] + 0.5 * rng.standard_normal((n, width), dtype=np.float32)
+        src = {"record": torch.from_numpy(idx // per_cell),
+               "position": torch.from_numpy((idx % per_cell).astype(np.int32)),
+               "token_id": torch.from_numpy(rng.integers(0, 50_000, n)),
+               "unit": torch.from_numpy(unit.astype(np.int32))}
+        acts = torch.from_numpy(x).half()
+        writer.write({"layers.1": acts}, src, examples=n // per_cell)
+    writer.index["complete"] = True
+    writer.save_index()
+    return ActivationCache(path)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tokens", type=int, default=131_072)
+    ap.add_argument("--width", type=int, default=1024)
+    ap.add_argument("--latents", type=int, default=8192)
+    ap.add_argument("--k", type=int, default=32)
+    ap.add_argument("--genes", type=int, default=2000)
+    ap.add_argument("--chunk", type=int, default=16_384)
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    sae = Dictionary(DictionaryConfig(kind="sae", d_in=args.width, num_latents=args.latents,
+                                      k=args.k, hookpoint="layers.1")).eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = write_cache(Path(tmp) / "cache", args.tokens, args.width, args.genes, 200, 65_536)
+        sources = TokenSources.from_any(cache.sources())
+        spans = [(s, min(cache.num_tokens, s + args.chunk))
+                 for s in range(0, cache.num_tokens, args.chunk)]
+        t = time.perf_counter()
+        raw = [cache.read("layers.1", a, b) for a, b in spans]
+        t_read = time.perf_counter() - t
+        t = time.perf_counter()
+        chunks = [EncodedChunk(encode_activations(sae, x), sources[a:b], a)
+                  for x, (a, b) in zip(raw, spans)]
+        t_encode = time.perf_counter() - t
+        acc = FeatureStats(args.latents)
+        t = time.perf_counter()
+        for c in chunks:
+            acc.update(c)
+        acc.result(num_cells=int(sources.record.max()) + 1, num_units=args.genes)
+        t_stats = time.perf_counter() - t
+    n = cache.num_tokens
+    print(f"{n} tokens, width {args.width}, {args.latents} latents, k={args.k}, "
+          f"{args.genes} genes, chunks of {args.chunk}")
+    for name, s in (("read", t_read), ("encode", t_encode), ("stats", t_stats)):
+        print(f"  {name:7s} {s:7.2f} s  {n / s:12,.0f} tok/s")
+    print(f"stats / read throughput: {t_read / t_stats:.2f}")
+    print(f"(read + encode + stats) / read throughput: {t_read / (t_read + t_encode + t_stats):.3f}")
+
+
+if __name__ == "__main__":
+    main()
