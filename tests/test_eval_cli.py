@@ -1,8 +1,6 @@
 """`biollm train` then `biollm eval` end to end, and eval's one-line errors."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 
@@ -26,12 +24,10 @@ def test_train_then_eval_json(neox, pbmc_h5ad, tmp_path, capsys):
                      "--max-length", "96", "--eval-cells", "0", "--shuffle-tokens", "1024",
                      "--out", str(out), "--device", "cpu"]) == 0
     assert f"layers.0.mlp.in: {out / 'layers.0.mlp.in'}" in capsys.readouterr().out
-    r = subprocess.run([sys.executable, "-m", "biollm_engine", "eval", "--model", str(neox),
-                        "--data", str(pbmc_h5ad), "--dict", str(out / "layers.0.mlp.in"),
-                        "--cells", "2", "--max-length", "64", "--json", "--device", "cpu"],
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
-    result = json.loads(r.stdout)
+    assert cli.main(["eval", "--model", str(neox), "--data", str(pbmc_h5ad), "--dict",
+                     str(out / "layers.0.mlp.in"), "--cells", "2", "--max-length", "64", "--json",
+                     "--device", "cpu", "--data-option", "top_k=50"]) == 0
+    result = json.loads(capsys.readouterr().out)
     assert set(result) == EVAL_KEYS
     assert result["kind"] == "skip_transcoder" and result["prompts"] == 2
     assert 0 <= result["fvu"] < 1 and 0 < result["l0"] <= 8 and 0 <= result["agreement"] <= 1

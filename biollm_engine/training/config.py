@@ -31,6 +31,8 @@ class TrainConfig:
                                    "evaluation; defaults to the model the cache was harvested from)")
     data: str | None = _opt(None, "input file (cells .h5ad, DNA FASTA/GenBank, text); activations "
                                   "are computed live from the model")
+    data_option: list[str] = _list("reader option KEY=VALUE for --data, e.g. top_k=100 "
+                                   "(as in biollm harvest)")
     cache: str | None = _opt(None, "activation cache folder written by `biollm harvest`")
     hookpoint: list[str] = _list("hookpoint to train on, e.g. layers.3 or layers.3.mlp.in; "
                                  "several train in one pass")

@@ -56,17 +56,12 @@ class World:
                               "raise --batch-size.")
         return slice(self.rank * n // self.size, (self.rank + 1) * n // self.size)
 
-    def device(self, requested: str) -> torch.device:
-        """The device for this rank: under torchrun, one GPU per local rank."""
-        if requested == "auto":
-            requested = "cuda" if torch.cuda.is_available() else "cpu"
-        dev = torch.device(requested)
-        if dev.type == "cuda":
-            if not torch.cuda.is_available():
-                raise BioLLMError(f"device {requested} asked for but no CUDA GPU is available; "
-                                  "use --device cpu.")
-            if self.active and dev.index is None:
-                dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", self.rank)))
+    def device(self, resolved: str) -> torch.device:
+        """This rank's device (`resolved` by models.loading.resolve_device): under torchrun,
+        one GPU per local rank."""
+        dev = torch.device(resolved)
+        if dev.type == "cuda" and self.active and dev.index is None:
+            dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", self.rank)))
         return dev
 
     def barrier(self) -> None:

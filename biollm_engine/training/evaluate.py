@@ -11,6 +11,8 @@ from ..errors import BioLLMError
 class EvalConfig:
     model: str = field(metadata={"help": "model name or folder"})
     data: str = field(metadata={"help": "input file (cells .h5ad, DNA FASTA/GenBank, text)"})
+    data_option: list[str] = field(default_factory=list, metadata={
+        "help": "reader option KEY=VALUE, e.g. top_k=100 (as in biollm harvest)"})
     dict: str = field(metadata={"help": "dictionary folder (ours, sparsify, SAELens, Goodfire)"})
     hookpoint: str | None = field(default=None, metadata={
         "help": "hookpoint to splice at, for dictionary files that do not record theirs (an SAE)"})
@@ -42,6 +44,7 @@ def check_widths(lm, dictionary) -> None:
 
 def evaluate(cfg: EvalConfig) -> dict:
     """FVU, L0, dead fraction, CE clean/spliced/zeroed, loss recovered, cell-type agreement."""
+    from ..commands.harvest import parse_data_options
     from ..dictionaries import load_dictionary
     from ..inputs import open_data
     from ..models import load_model
@@ -52,7 +55,7 @@ def evaluate(cfg: EvalConfig) -> dict:
         dictionary.cfg.hookpoint = dictionary.cfg.target = cfg.hookpoint
     if not dictionary.cfg.hookpoint:
         raise BioLLMError(f"dictionary {cfg.dict} does not record its hookpoint; give --hookpoint.")
-    data = open_data(cfg.data)
+    data = open_data(cfg.data, **parse_data_options(cfg.data_option))
     lm = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
     check_widths(lm, dictionary)
     dictionary = dictionary.to(lm.device)

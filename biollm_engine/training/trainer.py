@@ -27,7 +27,7 @@ from .splice_eval import EvalSet, evaluate_dictionary
 from .streams import CacheStream, LiveStream
 
 # what a resumed run must share with the run that wrote the checkpoint
-_SAME_ON_RESUME = ("model", "data", "cache", "hookpoint", "target", "kind", "activation",
+_SAME_ON_RESUME = ("model", "data", "data_option", "cache", "hookpoint", "target", "kind", "activation",
                    "latents", "expansion_factor", "k", "batch_size", "seed", "distribute",
                    "genes_only", "max_length", "shuffle_tokens", "eval_cells")
 _REPORTED = ("loss", "fvu", "l0", "dead_frac")
@@ -87,10 +87,16 @@ class _Run:
         return self.lm
 
     def _data(self):
+        """The data set: --data, or for the evaluation of a cache run the one it came from."""
+        from ..commands.harvest import parse_data_options
         from ..inputs import open_data
 
         if self.source is None:
-            self.source = open_data(self.cfg.data)
+            if self.cfg.data:
+                self.source = open_data(self.cfg.data, **parse_data_options(self.cfg.data_option))
+            else:
+                meta = self.cache.meta
+                self.source = open_data(meta["data"], **meta.get("data_options", {}))
         return self.source
 
     def _widths(self) -> dict[str, int]:
@@ -174,10 +180,7 @@ class _Run:
         if cfg.eval_cells <= 0 or not data_path or not Path(data_path).exists() \
                 or not self.model_id:
             return None
-        from ..inputs import open_data
-
-        lm = self._model()
-        data = self._data() if cfg.data else open_data(data_path)
+        lm, data = self._model(), self._data()
         return EvalSet.held_out(lm, data, cfg.eval_cells, cfg.seed, cfg.max_length)
 
     # --- the loop ------------------------------------------------------------------------
