@@ -51,7 +51,7 @@ def test_create_opens_the_file_given_on_the_command_line(qtbot, pbmc_h5ad, tmp_p
     qtbot.addWidget(window)
     assert window.isVisible() and window.windowTitle() == "BioLLM Workbench"
     qtbot.waitUntil(lambda: window.session.cells.n_cells == 700, timeout=20000)
-    qtbot.waitUntil(lambda: window.device_label.text().startswith("Device: CPU"), timeout=60000)
+    qtbot.waitUntil(lambda: window.machine_label.text().startswith("Device: CPU"), timeout=60000)
     assert str(pbmc_h5ad.resolve()) in window.recent_files()
 
 

@@ -46,7 +46,7 @@ def test_window_opens_empty_with_panels_and_hint(window):
     assert set(window.docks) == {"Data", "Model & dictionaries", "Features", "Jobs", "Log"}
     assert window.embedding.stack.currentWidget() is window.embedding.empty
     assert "Drop an .h5ad" in window.embedding.empty.text()
-    assert "Memory" in window.memory_label.text()
+    assert "Memory" in window.machine_label.text()
 
 
 def test_drop_h5ad_shows_every_cell_coloured_by_type(qtbot, window, pbmc, pbmc_h5ad):

@@ -61,7 +61,7 @@ class MainWindow(QMainWindow):
                                    ("Features", self.features_panel, right),
                                    ("Jobs", self.jobs_panel, bottom),
                                    ("Log", self.log_view, bottom)):
-            dock = QDockWidget(name, self)
+            dock = QDockWidget(name.replace("&", "&&"), self)  # "&" would mark a shortcut
             dock.setObjectName(f"dock-{name}")
             dock.setWidget(widget)
             self.addDockWidget(area, dock)
@@ -70,13 +70,13 @@ class MainWindow(QMainWindow):
         self.docks["Jobs"].raise_()
         self.resizeDocks([self.docks["Data"], self.docks["Features"]], [340, 380],
                          Qt.Orientation.Horizontal)
-        self.resizeDocks([self.docks["Jobs"]], [200], Qt.Orientation.Vertical)
+        self.resizeDocks([self.docks["Jobs"], self.docks["Data"], self.docks["Model & dictionaries"]],
+                         [170, 620, 220], Qt.Orientation.Vertical)
         self._build_menus()
 
-        self.device_label = QLabel("Device: …")
-        self.memory_label = QLabel("")
-        self.statusBar().addPermanentWidget(self.device_label)
-        self.statusBar().addPermanentWidget(self.memory_label)
+        self.device = "…"
+        self.machine_label = QLabel("")  # "Device: … · Memory: … MiB", one label: no overlap
+        self.statusBar().addPermanentWidget(self.machine_label)
         self._memory_timer = QTimer(self, interval=2000)
         self._memory_timer.timeout.connect(self._show_memory)
         self._memory_timer.start()
@@ -328,7 +328,8 @@ class MainWindow(QMainWindow):
         def done(*_) -> None:
             try:
                 out = bytes(proc.readAllStandardOutput()).decode(errors="replace").strip()
-                self.device_label.setText(f"Device: {out.splitlines()[-1] if out else 'unknown'}")
+                self.device = out.splitlines()[-1] if out else "unknown"
+                self._show_memory()
             except RuntimeError:  # the window closed first
                 pass
 
@@ -340,7 +341,10 @@ class MainWindow(QMainWindow):
         from .state.system import process_memory_mb
 
         mb = process_memory_mb()
-        self.memory_label.setText("" if mb is None else f"Memory: {mb:,.0f} MiB")
+        self.machine_label.setText(f"Device: {self.device}"
+                                   + ("" if mb is None else f"   ·   Memory: {mb:,.0f} MiB"))
+        # the status bar does not re-lay out permanent widgets when their text grows
+        self.machine_label.setMinimumWidth(self.machine_label.sizeHint().width())
 
     # -- closing ------------------------------------------------------------------------------
     def closeEvent(self, event) -> None:

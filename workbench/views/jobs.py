@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pyqtgraph as pg
 from PySide6.QtCore import Qt, QTimer
-from PySide6.QtWidgets import (QHeaderView, QProgressBar, QSplitter, QTableWidget,
+from PySide6.QtWidgets import (QHeaderView, QLabel, QProgressBar, QSplitter, QTableWidget,
                                QTableWidgetItem, QToolButton, QVBoxLayout, QWidget)
 
 from ..state.jobs import Job, JobList
@@ -36,8 +36,15 @@ class JobsPanel(QWidget):
         self.plots = pg.GraphicsLayoutWidget()
         self.plots.setBackground("w")
         self.curves: dict[str, pg.PlotDataItem] = {}  # the plots are made with the first job
+        self.hint = QLabel("No jobs yet. UMAP, training and analysis jobs appear here with their "
+                           "progress, time left, live loss / FVU / L0 / dead-fraction plots and "
+                           "a Cancel button.")
+        self.hint.setWordWrap(True)
+        self.hint.setStyleSheet("color: #666; padding: 6px;")
+        self.plots.hide()
         splitter = QSplitter(Qt.Orientation.Vertical)
         splitter.addWidget(self.table)
+        splitter.addWidget(self.hint)
         splitter.addWidget(self.plots)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
@@ -71,6 +78,8 @@ class JobsPanel(QWidget):
     def _add(self, job: Job) -> None:
         if not self.curves:
             self._make_plots()
+            self.hint.hide()
+            self.plots.show()
         r = self.table.rowCount()
         self.table.insertRow(r)
         self.rows.append(job)

@@ -1,0 +1,67 @@
+"""Screenshots of the workbench for the README, taken from the real application.
+
+Run under a virtual X server:
+    xvfb-run -s "-screen 0 1600x1000x24" python docs/screenshots/take_screenshots.py
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+
+
+def wait(app, seconds: float, until=lambda: False) -> None:
+    end = time.time() + seconds
+    while time.time() < end and not until():
+        app.processEvents()
+        time.sleep(0.02)
+
+
+def main() -> None:
+    import scanpy as sc
+    from PySide6.QtCore import QSettings
+    from PySide6.QtWidgets import QApplication
+
+    from workbench.window import MainWindow
+
+    app = QApplication.instance() or QApplication(sys.argv[:1])
+    tmp = Path(tempfile.mkdtemp())
+    path = tmp / "pbmc68k_reduced.h5ad"
+    sc.datasets.pbmc68k_reduced().write_h5ad(path)
+
+    w = MainWindow(settings=QSettings(str(tmp / "s.ini"), QSettings.Format.IniFormat))
+    w.resize(1600, 1000)
+    w.show()
+    wait(app, 1.0)
+    w.open_path(path)
+    cells = w.session.cells
+    wait(app, 30, lambda: cells.n_cells > 0)
+    wait(app, 1.0)
+    # click a B cell, so the Data panel shows its cell sentence
+    b_cell = int(np.flatnonzero(cells.adata.obs["bulk_labels"] == "CD19+ B")[0])
+    cells.set_current(b_cell)
+    wait(app, 60, lambda: w.device != "…")
+    wait(app, 0.5)
+    w.grab().save(str(HERE / "main_window.png"))
+
+    # colour by a B-cell marker gene and lasso the B-cell cluster
+    genes = list(cells.adata.raw.var_names)
+    cd79a = np.asarray(cells.adata.raw.X[:, genes.index("CD79A")].toarray()).ravel()
+    cells.set_values(cd79a, "CD79A expression (raw)")
+    xy = cells.coords[cells.adata.obs["bulk_labels"].values == "CD19+ B"]
+    lo, hi = xy.min(0) - 0.5, xy.max(0) + 0.5
+    cells.select_polygon([(lo[0], lo[1]), (hi[0], lo[1]), (hi[0], hi[1]), (lo[0], hi[1])])
+    wait(app, 1.0)
+    w.grab().save(str(HERE / "values_and_selection.png"))
+    print("written:", *sorted(p.name for p in HERE.glob("*.png")))
+    w.close()
+
+
+if __name__ == "__main__":
+    main()
