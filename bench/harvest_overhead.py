@@ -63,13 +63,14 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     from biollm_engine.harvest import HarvestConfig, harvest, pad_batch
-    from biollm_engine.models import load_model
+    from biollm_engine.models import load_model, resolve_hookpoint
 
     tmp = Path(tempfile.mkdtemp(prefix="harvest_bench_"))
     make_model(tmp / "model")
     lm = load_model(str(tmp / "model"), device="cpu")
     examples = make_examples(args.examples, 2048)
-    hookpoint, deepest = "layers.2", 2
+    hookpoint = "layers.2"
+    deepest = resolve_hookpoint(lm, hookpoint).layer
     cfg = HarvestConfig(hookpoints=[hookpoint], batch_size=args.batch_size)
     batches = [pad_batch(examples[i:i + args.batch_size], 1, None)
                for i in range(0, len(examples), args.batch_size)]

@@ -11,14 +11,12 @@ from __future__ import annotations
 import contextlib
 import re
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator
 
 from ..errors import BioLLMError
 from .loading import LoadedModel
 
 _SUFFIXES = ("attn.out", "mlp.in", "mlp.out")
-# Order within one block in which hooks fire; it only breaks ties for `deepest`.
-_RANK = {"attn.out": 0, "mlp.in": 1, "mlp.out": 2, "": 3}
 
 
 @dataclass(frozen=True)
@@ -31,12 +29,6 @@ class Hookpoint:
     layer: int
     """Block index, -1 for `embed`."""
     width: int
-
-    @property
-    def order(self) -> tuple[int, int]:
-        """Sort key following the forward pass."""
-        suffix = self.name.split(".", 2)[2] if self.name.count(".") >= 2 else ""
-        return (self.layer, _RANK.get(suffix, 3))
 
 
 def _make(lm: LoadedModel, name: str, layer: int, path: str, io: str) -> Hookpoint:
@@ -80,10 +72,6 @@ def resolve_hookpoint(lm: LoadedModel, name: str | Hookpoint) -> Hookpoint:
         return _block_hookpoint(lm, int(m.group(1)), m.group(2) or "")
     raise BioLLMError(f"hookpoint {name!r} does not exist in {lm.name}; valid names: "
                       f"{valid_names_summary(lm)}.")
-
-
-def deepest(hookpoints: Sequence[Hookpoint]) -> Hookpoint:
-    return max(hookpoints, key=lambda h: h.order)
 
 
 class _StopForward(Exception):
