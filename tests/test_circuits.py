@@ -43,7 +43,7 @@ def neox(tiny_model_dirs):
 @pytest.fixture(scope="module")
 def neox_graph(neox):
     tcs = make_transcoders(neox, skip_layer=1)
-    return tcs, attribute(neox, tcs, PROMPT, top_logits=3, batch_size=16)
+    return tcs, attribute(neox, tcs, PROMPT, top_logits=3, batch_size=64)
 
 
 def true_values(lm, tcs, graph):
@@ -296,7 +296,7 @@ def test_bad_transcoders_are_refused(neox):
 
 
 def test_aggregate_keeps_recurring_nodes(neox):
-    tcs = make_transcoders(neox)
+    tcs = make_transcoders(neox, latents=48, k=3)
     prompts = ["CD3E CD3D IL7R LTB The cell type is:", "CD3D CD3E LTB IL7R The cell type is:",
                "CD3E IL7R CCR7 CD3D The cell type is:"]
     graphs = [attribute(neox, tcs, p, batch_size=64) for p in prompts]

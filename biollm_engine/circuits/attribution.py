@@ -26,7 +26,7 @@ from .replacement import ReplacementModel, Trace
 
 def _by_position(fv: torch.Tensor, pos: torch.Tensor, T: int):
     """Feature vectors [n, d] (sorted by position) padded to [T, k_max, d], and each one's slot."""
-    slot = torch.arange(len(pos)) - torch.searchsorted(pos, pos)
+    slot = torch.arange(len(pos), device=pos.device) - torch.searchsorted(pos, pos)
     k = int(slot.max()) + 1 if len(pos) else 1
     padded = torch.zeros(T, k, fv.shape[-1], dtype=fv.dtype, device=fv.device)
     padded[pos, slot] = fv
@@ -149,7 +149,7 @@ def _targets(rm: ReplacementModel, trace: Trace, target, top_logits: int, prompt
         first = label_token(tok, str(target), prompt)
     ids = [first] + [int(t) for t in logits.topk(max(1, top_logits) + 1).indices if int(t) != first]
     ids = ids[:max(1, top_logits)]
-    probs = torch.softmax(logits, -1)[ids]
+    probs = torch.softmax(logits, -1)[ids].cpu()
     labels = [tok.decode([t]) for t in ids]
     return np.array(ids, dtype=np.int64), labels, probs.numpy().astype(np.float32)
 

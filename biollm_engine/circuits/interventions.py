@@ -131,7 +131,7 @@ def _live_logits(rm: ReplacementModel, ids: torch.Tensor, edits) -> torch.Tensor
         handles.append(rm.mlp_out[layer].register_forward_hook(post))
     try:
         with torch.no_grad():
-            final = rm._body(input_ids=ids[None])[0]
+            final = rm._body(input_ids=ids[None].to(rm.unembed.weight.device))[0]
     finally:
         for h in handles:
             h.remove()
@@ -148,7 +148,8 @@ def _frozen_logits(rm: ReplacementModel, trace: Trace, edits) -> torch.Tensor:
             lt = trace.layers[layer]
             acts = None
             if layer in rm.transcoders:
-                acts = torch.zeros(len(trace.input_ids), rm.transcoders[layer].W_dec.shape[0])
+                acts = torch.zeros(len(trace.input_ids), rm.transcoders[layer].W_dec.shape[0],
+                                   device=lt.error.device)
                 acts[lt.positions, lt.features] = lt.activations
             out = out + _delta(rm, layer, es, lt.mlp_in, lt.error, acts)
         outs.append(out.to(trace.embeds.dtype)[None])
@@ -188,8 +189,8 @@ def intervene(rm: ReplacementModel, input_ids, edits, target=None, labels=None,
         prediction_id=a, prediction=tok.decode([a]), base_prediction_id=b,
         base_prediction=tok.decode([b]), target_id=tid, target_logit_before=float(z0[tid]),
         target_logit_after=float(z1[tid]), labels=labels,
-        prob_before=p0[lids].numpy() if lids else np.zeros(0),
-        prob_after=p1[lids].numpy() if lids else np.zeros(0))
+        prob_before=p0[lids].cpu().numpy() if lids else np.zeros(0),
+        prob_after=p1[lids].cpu().numpy() if lids else np.zeros(0))
 
 
 def ablation_check(rm: ReplacementModel, graph: Graph, top: int = 10) -> pd.DataFrame:

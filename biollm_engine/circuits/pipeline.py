@@ -5,6 +5,7 @@ The same dataclass is the `biollm circuit` flags and the GUI's form.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,12 +47,11 @@ class CircuitConfig:
     dtype: str = field(default="float32", metadata={"help": "float32, bfloat16 or float16"})
 
 
-def load_transcoders(folder: str | Path, lm) -> list:
-    """Every MLP transcoder under `folder` (itself or its subfolders) that fits `lm`."""
+def load_transcoders(folder: str | Path, device=None) -> list:
+    """Every MLP transcoder under `folder` (itself or its subfolders), each with its `.path`."""
     from ..dictionaries import load_dictionary
     from ..dictionaries.dictionary import WEIGHTS_FILE
     from ..dictionaries.formats import SAELENS_FILE, SPARSIFY_FILE
-    from .replacement import transcoder_layer
 
     folder = Path(folder)
     if not folder.is_dir():
@@ -62,38 +62,43 @@ def load_transcoders(folder: str | Path, lm) -> list:
     if not dirs:
         raise BioLLMError(f"no dictionaries found in {folder}; train transcoders with "
                           "`biollm train --kind transcoder` and give their folder.")
-    found = [load_dictionary(d, device=lm.device) for d in dirs]
-    tcs = [d for d in found if d.cfg.kind in ("transcoder", "skip_transcoder")]
+    tcs, kinds = [], set()
+    for path in dirs:
+        d = load_dictionary(path, device=device)
+        kinds.add(d.cfg.kind)
+        if d.cfg.kind in ("transcoder", "skip_transcoder"):
+            d.path = str(path)
+            tcs.append(d)
     if not tcs:
-        raise BioLLMError(f"the dictionaries in {folder} are {found[0].cfg.kind}s, not "
+        raise BioLLMError(f"the dictionaries in {folder} are {', '.join(sorted(kinds))}, not "
                           "transcoders; circuits need MLP transcoders (layers.N.mlp.in -> "
                           "layers.N.mlp.out).")
-    for d, path in zip(found, dirs):
-        if d in tcs:
-            transcoder_layer(d, lm.num_layers)
-            d.path = str(path)
     return tcs
 
 
-def _cell_input(cfg: CircuitConfig, tokenizer):
+def open_cell_data(cfg: CircuitConfig):
+    """The cell data set, checked to hold cell `cfg.cell`."""
     from ..inputs.cells import CellDataset, CellSentenceConfig
 
     if not cfg.data:
         raise BioLLMError("--cell needs --data, the .h5ad file the cell comes from.")
     ds = CellDataset(cfg.data, CellSentenceConfig(top_k=cfg.top_genes))
-    try:
-        if not 0 <= cfg.cell < ds.n_cells:
-            raise BioLLMError(f"cell index {cfg.cell} is out of range; {cfg.data} has "
-                              f"{ds.n_cells} cells (0..{ds.n_cells - 1}).")
-        ex = next(ds.examples(tokenizer, [cfg.cell]))
-        genes = [ds.genes[u] if u >= 0 else "" for u in ex.unit]
-        meta = {"cell": int(cfg.cell), "data": str(cfg.data)}
-        obs = ds.obs.iloc[cfg.cell]
-        meta.update({str(k): str(v) for k, v in obs.items() if not hasattr(v, "__len__")
-                     or isinstance(v, str)})
-        return ex.text, ex.input_ids, genes, meta
-    finally:
+    if not 0 <= cfg.cell < ds.n_cells:
         ds.close()
+        raise BioLLMError(f"cell index {cfg.cell} is out of range; {cfg.data} has "
+                          f"{ds.n_cells} cells (0..{ds.n_cells - 1}).")
+    return ds
+
+
+def cell_input(ds, cell: int, tokenizer):
+    """(prompt, input_ids, gene per token, meta with the cell's obs) of one cell."""
+    ex = next(ds.examples(tokenizer, [cell]))
+    genes = [ds.genes[u] if u >= 0 else "" for u in ex.unit]
+    meta = {"cell": int(cell), "data": str(ds.path or "")}
+    obs = ds.obs.iloc[cell]
+    meta.update({str(k): str(v) for k, v in obs.items() if isinstance(v, (str, int, float))
+                 or not hasattr(v, "__len__")})
+    return ex.text, ex.input_ids, genes, meta
 
 
 def build_circuit(cfg: CircuitConfig, progress: ProgressCallback | None = None,
@@ -109,12 +114,16 @@ def build_circuit(cfg: CircuitConfig, progress: ProgressCallback | None = None,
     for name in ("node_threshold", "edge_threshold"):
         if not 0.0 <= getattr(cfg, name) <= 1.0:
             raise BioLLMError(f"--{name.replace('_', '-')} must be between 0 and 1.")
-    lm = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
-    tcs = load_transcoders(cfg.dicts, lm)
-    if cfg.cell is not None:
-        prompt, ids, genes, meta = _cell_input(cfg, lm.tokenizer)
-    else:
+    # Cheap checks of the inputs first, so a typo fails before the model loads.
+    tcs = load_transcoders(cfg.dicts)
+    if cfg.cell is None:
+        lm = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
         prompt, ids, genes, meta = cfg.prompt, None, None, {}
+    else:
+        with contextlib.closing(open_cell_data(cfg)) as ds:
+            lm = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
+            prompt, ids, genes, meta = cell_input(ds, cfg.cell, lm.tokenizer)
+    tcs = [tc.to(lm.device) for tc in tcs]
     graph = attribute(lm, tcs, prompt, input_ids=ids, target=cfg.target or None,
                       top_logits=cfg.top_logits, max_features=cfg.max_features,
                       batch_size=cfg.batch_size, token_genes=genes, merge_genes=cfg.merge_genes,
