@@ -309,3 +309,17 @@ def test_aggregate_keeps_recurring_nodes(neox):
         assert c == 3 and w != 0 and agg.counts[s] == agg.counts[t] == 3
     with pytest.raises(BioLLMError):
         aggregate([])
+
+
+def test_progress_reports_and_cancel(neox):
+    from biollm_engine.progress import CancelToken, Cancelled
+
+    tcs = make_transcoders(neox, latents=32, k=2)
+    seen = []
+    g = attribute(neox, tcs, "CD3E CD3D", batch_size=4, progress=seen.append)
+    assert seen and seen[-1].task == "circuit" and seen[-1].step == seen[-1].total
+    assert g.n_features == g.meta["n_active_features"]
+    token = CancelToken()
+    token.cancel()
+    with pytest.raises(Cancelled):
+        attribute(neox, tcs, "CD3E CD3D", batch_size=4, cancel=token)
