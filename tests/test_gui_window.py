@@ -197,3 +197,22 @@ def test_layout_is_remembered(qtbot, tmp_path, messages):
     qtbot.addWidget(w2)
     w2.show()
     assert not w2.docks["Features"].isVisible() and w2.docks["Data"].isVisible()
+
+
+def test_closing_during_a_job_asks_then_cancels_or_waits(qtbot, tmp_path, monkeypatch, messages):
+    from test_gui_jobs import work
+
+    w = MainWindow(settings=QSettings(str(tmp_path / "s.ini"), QSettings.Format.IniFormat))
+    qtbot.addWidget(w)
+    w.show()
+    job = w.runner.submit("long", lambda progress, cancel: work(100_000, progress, cancel))
+    qtbot.waitUntil(lambda: job.progress is not None, timeout=20000)
+    asked = []
+    answer = [QMessageBox.StandardButton.No]
+    monkeypatch.setattr(QMessageBox, "question",
+                        lambda parent, title, text, *a, **k: asked.append(text) or answer[0])
+    assert not w.close()  # "No": the window stays and the job keeps running
+    assert w.isVisible() and job.active and "1 job(s) still running" in asked[0]
+    answer[0] = QMessageBox.StandardButton.Yes
+    assert w.close()  # "Yes": the job is cancelled, then the window closes
+    assert job.status == "cancelled" and not w.isVisible()
