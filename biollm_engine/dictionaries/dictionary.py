@@ -243,13 +243,8 @@ class Dictionary(nn.Module):
         return scale, dead[local]
 
     def _bandwidth(self) -> float:
-        bw = self.cfg.jumprelu_bandwidth
-        if bw <= 0:
-            bw = 0.5 * float(self.cfg.jumprelu_threshold)
-        if bw <= 0:
-            raise BioLLMError("JumpReLU needs jumprelu_bandwidth > 0 or an initial threshold; "
-                              "train it with TrainStep, which sets both from the first batch.")
-        return bw
+        bw = self.cfg.jumprelu_bandwidth or 0.5 * self.cfg.jumprelu_threshold
+        return bw if bw > 0 else 1e-3  # Rajamanoharan et al.'s default, before any training
 
     # ---- decoder geometry --------------------------------------------------------------------
     @torch.no_grad()
@@ -277,8 +272,7 @@ class Dictionary(nn.Module):
         if self.W_dec.grad is None:
             return
         W, G = self._W_dec(), self.W_dec.grad.reshape(self.num_latents, -1)
-        parallel = (G * W).sum(1, keepdim=True)
-        G.sub_(parallel * W)
+        G.addcmul_(torch.linalg.vecdot(G, W).unsqueeze(1), W, value=-1.0)  # no [L, D] temporaries
 
     # ---- files -------------------------------------------------------------------------------
     def save(self, path) -> Path:

@@ -14,7 +14,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
+
+
+def _csr(crow: Tensor, col: Tensor, values: Tensor, size: tuple[int, int]) -> Tensor:
+    with warnings.catch_warnings():  # "sparse CSR support is in beta": we use only stable ops
+        warnings.simplefilter("ignore")
+        return torch.sparse_csr_tensor(crow, col, values, size=size, check_invariants=False)
 
 
 def latent_major(indices: Tensor, weights: Tensor, num_latents: int) -> Tensor:
@@ -26,18 +31,16 @@ def latent_major(indices: Tensor, weights: Tensor, num_latents: int) -> Tensor:
     counts = torch.bincount(flat, minlength=num_latents)
     crow = torch.zeros(num_latents + 1, dtype=torch.int64, device=indices.device)
     torch.cumsum(counts, 0, out=crow[1:])
-    return torch.sparse_csr_tensor(crow, rows, weights.reshape(-1)[order],
-                                   size=(num_latents, n), check_invariants=False)
+    return _csr(crow, rows, weights.reshape(-1)[order], (num_latents, n))
 
 
 def row_dots(indices: Tensor, rows: Tensor, vecs: Tensor) -> Tensor:
-    """out[n, j] = rows[indices[n, j]] · vecs[n]: the k dot products per token, chunked."""
+    """out[n, j] = rows[indices[n, j]] · vecs[n], as one sampled dense-dense product (SDDMM)
+    that never gathers the N·k rows."""
     n, k = indices.shape
-    out = torch.empty(n, k, dtype=vecs.dtype, device=vecs.device)
-    step = max(1, (1 << 22) // max(1, k * rows.shape[1]))
-    for s in range(0, n, step):
-        out[s:s + step] = torch.bmm(rows[indices[s:s + step]], vecs[s:s + step, :, None])[..., 0]
-    return out
+    crow = torch.arange(0, n * k + 1, k, device=indices.device)
+    pattern = _csr(crow, indices.reshape(-1), vecs.new_zeros(n * k), (n, rows.shape[0]))
+    return torch.sparse.sampled_addmm(pattern, vecs, rows.T, beta=0.0).values().reshape(n, k)
 
 
 class GatherLinear(torch.autograd.Function):

@@ -84,7 +84,7 @@ class TrainStep:
                 live = out.latent_acts > 0
                 self._pending_fired[out.latent_indices[live]] = True
                 sums["active"] += int(live.sum())
-            sums["loss"] += float(loss)
+            sums["loss"] += float(loss.detach())
             sums["fvu"] += float(out.fvu)
             sums["auxk_loss"] += float(out.auxk_loss)
         self._pending_tokens += n
