@@ -41,8 +41,26 @@ def desc_keys(groups: np.ndarray, values: np.ndarray) -> np.ndarray:
     return (np.asarray(groups, dtype=np.int64) << 32) | (0xFFFFFFFF - ordered)
 
 
+# Fine value bins for pruning candidates: a float32's bits >> 19 are its exponent and top 4
+# mantissa bits, monotone in the value: 16 bins per octave over [2^-10, 2^12), clipped at both ends.
+FINE_BINS = 22 * 16
+_FINE_BASE = 116 << 4
+_FINE_LIMIT = 1 << 23  # groups x FINE_BINS counts kept (int64) up to this many
+
+
+def fine_bins(values: np.ndarray) -> np.ndarray:
+    bits = np.ascontiguousarray(values, dtype=np.float32).view(np.int32)
+    return np.clip((bits >> 19) - _FINE_BASE, 0, FINE_BINS - 1)
+
+
 class TopK:
-    """A mergeable running top-k per group (e.g. per feature), over values with global ids."""
+    """A mergeable running top-k per group (e.g. per feature), over values with global ids.
+
+    It also counts every pushed value per group in fine value bins: any value in a bin below the
+    one where a group's count from the top reaches k has k larger values already seen, so it is
+    dropped before sorting. That matters while the lists fill; once the held k-th values prune
+    nine in ten of the pushed values by themselves, counting stops.
+    """
 
     def __init__(self, num_groups: int, k: int):
         self.num_groups = num_groups
@@ -50,6 +68,23 @@ class TopK:
         self.values = np.full((num_groups, k), -np.inf, dtype=np.float32)
         self.ids = np.full((num_groups, k), -1, dtype=np.int64)
         self.max_id = -1
+        self.counts = np.zeros((num_groups, FINE_BINS), np.int64) \
+            if 0 < k and num_groups * FINE_BINS <= _FINE_LIMIT else None
+
+    def _count(self, groups: np.ndarray, values: np.ndarray) -> np.ndarray | None:
+        """Count the values; return the mask of those that can still be in their group's top k."""
+        if self.counts is None:
+            return None
+        fb = fine_bins(values)
+        self.counts += np.bincount(groups * FINE_BINS + fb, minlength=self.counts.size
+                                   ).reshape(self.counts.shape)
+        return self._above_cut(groups, fb)
+
+    def _above_cut(self, groups: np.ndarray, fb: np.ndarray) -> np.ndarray:
+        from_top = np.cumsum(self.counts[:, ::-1], axis=1)
+        enough = from_top[:, -1] >= self.k
+        cut = np.where(enough, FINE_BINS - 1 - np.argmax(from_top >= self.k, axis=1), 0)
+        return fb >= cut[groups]
 
     def _merge_in_order(self, groups, values, ids) -> None:
         """Merge candidates whose ids all exceed every held id (a stream in token order): the
@@ -86,9 +121,16 @@ class TopK:
         groups = np.asarray(groups, dtype=np.int64)
         values = np.asarray(values, dtype=np.float32)
         ids = np.asarray(ids, dtype=np.int64)
+        self._push(groups, values, ids, self._count(groups, values))
+
+    def _push(self, groups, values, ids, possible) -> None:
         # Only candidates that can still enter a group's list are sorted, with the held entries
         # of just the groups they touch: after warm-up that is a small fraction of each chunk.
         cand = values >= self.values[groups, -1]
+        if possible is not None:
+            if cand.mean() < 0.1:  # the held thresholds prune well now: stop counting
+                self.counts = None
+            cand &= possible
         groups, values, ids = groups[cand], values[cand], ids[cand]
         if len(groups) == 0:
             return
@@ -108,4 +150,12 @@ class TopK:
 
     def merge(self, other: "TopK") -> None:
         held = other.ids >= 0
-        self.push(np.nonzero(held)[0], other.values[held], other.ids[held])
+        groups, values, ids = np.nonzero(held)[0], other.values[held], other.ids[held]
+        if self.counts is not None and other.counts is not None:
+            self.counts += other.counts
+            possible = self._above_cut(groups, fine_bins(values))
+        else:
+            self.counts = None  # the other side's values were not counted: no pruning from now
+            possible = None
+        if self.k and len(groups):
+            self._push(groups, values, ids, possible)
