@@ -90,3 +90,22 @@ def test_features_panel_table_click_label_and_export(qtbot, session, cells_with_
         np.testing.assert_allclose(back["max"], df["max"])
     with pytest.raises(BioLLMError, match="table"):
         export_table(df, tmp_path / "features.xlsx")
+    # selecting cells lists the features they share, highest mean activation first
+    b_cells = np.flatnonzero(a.obs["bulk_labels"].values == "CD19+ B")
+    session.cells.select(b_cells)
+    expected = np.argsort(-acts[b_cells].mean(0), kind="stable")[:5]
+    assert panel.top_of_selection == [j for j in expected if acts[b_cells, j].mean() > 0]
+    assert f"{len(b_cells)} selected cells" in panel.selection_top.text()
+
+
+def test_hover_names_a_cells_top_features(qtbot, session, cells_with_features):
+    a, acts = cells_with_features
+    panel = FeaturesPanel(session)
+    view = EmbeddingView(session.cells)
+    qtbot.addWidget(panel)
+    qtbot.addWidget(view)
+    i = int(np.argmax(acts.sum(1)))
+    top = np.argsort(-acts[i], kind="stable")[:3]
+    text = view.hover_text(i)
+    assert a.obs_names[i] in text and "bulk_labels: " in text
+    assert f"top features (X_sae): {top[0]} ({acts[i, top[0]]:.3g})" in text

@@ -35,6 +35,7 @@ class CellsState:
         self.selection = np.empty(0, dtype=np.int64)
         self.current: int | None = None
         self.gene_values: dict[str, float] = {}
+        self.activation_key: str | None = None  # obsm matrix of feature activations in use
         self._coords: np.ndarray | None = None
         self._reader = None  # the engine's CellDataset, made on the first click
         self._colouring = col.Colouring("none")
@@ -48,6 +49,7 @@ class CellsState:
         old = self.adata
         self.adata, self.path = adata, Path(path) if path else None
         self.values, self.gene_values, self.current = {}, {}, None
+        self.activation_key = None
         self.selection = np.empty(0, dtype=np.int64)
         keys = self.embedding_keys()
         self.obsm_key = UMAP_KEY if UMAP_KEY in keys else (keys[0] if keys else None)
@@ -181,6 +183,16 @@ class CellsState:
         if self._reader is None:
             self._reader = sentence_reader(self.adata)
         return cell_sentence(self._reader, self.adata, i)
+
+    def top_features(self, cells, n: int = 5) -> list[tuple[int, float]]:
+        """The features with the highest mean activation over `cells` (those above zero)."""
+        if self.activation_key is None or len(cells) == 0:
+            return []
+        from .features import rows_mean
+
+        mean = rows_mean(self.adata.obsm[self.activation_key], cells)
+        order = np.argsort(-mean, kind="stable")[:n]
+        return [(int(j), float(mean[j])) for j in order if mean[j] > 0]
 
     def summary(self) -> dict:
         a = self.adata

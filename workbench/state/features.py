@@ -37,6 +37,12 @@ def column(matrix, j: int) -> np.ndarray:
     return np.asarray(col, dtype=np.float32).ravel()
 
 
+def rows_mean(matrix, rows) -> np.ndarray:
+    """Mean activation of each feature over the given cells."""
+    sub = matrix[np.asarray(rows, dtype=np.int64)]
+    return np.asarray(sub.mean(axis=0), dtype=np.float64).ravel()
+
+
 def feature_stats(matrix, types=None, labels: dict[int, str] | None = None) -> pd.DataFrame:
     """One row per feature: how often it fires, how strongly, and in which cell type most."""
     import pandas as pd

@@ -289,6 +289,10 @@ class EmbeddingView(QWidget):
         c = s.colouring()
         if c.kind != "none" and c.name != s.type_key:
             lines.append(f"{c.name}: {c.value_text(i)}")
+        top = s.top_features([i], n=3)
+        if top:
+            lines.append(f"top features ({s.activation_key}): "
+                         + ", ".join(f"{j} ({v:.3g})" for j, v in top))
         return "<br>".join(lines)
 
     def _hover(self, scene_pos) -> None:

@@ -25,6 +25,7 @@ class FeaturesPanel(QWidget):
         self.session = session
         self.cells = session.cells
         self.key: str | None = None
+        self.top_of_selection: list[int] = []
         self.source = QComboBox()
         self.source.setToolTip("obsm matrix holding the feature activations (cells × features)")
         self.filter = QLineEdit(placeholderText="Filter (label, cell type, number)…")
@@ -55,11 +56,15 @@ class FeaturesPanel(QWidget):
         lay.addWidget(self.filter)
         lay.addWidget(self.empty)
         lay.addWidget(self.table, 1)
+        self.selection_top = QLabel("")
+        self.selection_top.setWordWrap(True)
+        lay.addWidget(self.selection_top)
 
         self.filter.textChanged.connect(self.proxy.setFilterFixedString)
         self.source.textActivated.connect(self.show_matrix)
         self.table.selectionModel().currentRowChanged.connect(self._row_chosen)
         self.cells.loaded.connect(self._on_loaded)
+        self.cells.selection_changed.connect(self._on_selection)
         self._on_loaded()
 
     def _on_loaded(self) -> None:
@@ -73,7 +78,8 @@ class FeaturesPanel(QWidget):
     def show_matrix(self, key: str | None) -> None:
         """Compute the table for obsm[key] in a worker; None or "(none)" clears it."""
         key = None if key in (None, "(none)") else key
-        self.key = key
+        self.key = self.cells.activation_key = key
+        self._on_selection()
         self.source.setCurrentText(key or "(none)")
         self.empty.setVisible(key is None)
         self.table.setVisible(key is not None)
@@ -91,6 +97,17 @@ class FeaturesPanel(QWidget):
         self.worker.returned.connect(lambda df, k=key: self._show(k, df))
         self.worker.errored.connect(lambda e: log.error("feature table of %s failed: %s", key, e))
         self.worker.start()
+
+    def _on_selection(self) -> None:
+        """Top features of the selected cells: what the selection has in common."""
+        sel = self.cells.selection
+        top = self.cells.top_features(sel) if self.key is not None else []
+        labels = self.session.workspace.feature_labels
+        self.top_of_selection = [j for j, _ in top]
+        self.selection_top.setText(
+            "" if not top else f"<b>Top features of {len(sel):,} selected cells</b> (mean): "
+            + ", ".join(f"{j}{' ' + labels[f'{self.key}:{j}'] if f'{self.key}:{j}' in labels else ''}"
+                        f" ({v:.3g})" for j, v in top))
 
     def _show(self, key: str, df) -> None:
         if key == self.key:
