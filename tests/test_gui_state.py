@@ -98,6 +98,13 @@ def test_cells_state_on_pbmc(pbmc):
                               & (xy[:, 1] <= 10))
     np.testing.assert_array_equal(s.selection, expected)
     assert events == ["sel"]
+    a = pbmc.copy()
+    a.obs["barcode"] = a.obs_names.astype(str)  # an identifier, not a grouping
+    s.set_data(a)
+    assert "barcode" not in s.categorical_columns() and "barcode" in s.colour_options()
+    with pytest.raises(BioLLMError, match="700 distinct values"):
+        s.set_colour("barcode")
+    assert s.colour_by == "bulk_labels" and s.colouring().kind == "categorical"
     s.set_embedding("X_pca")
     np.testing.assert_allclose(s.coords, pbmc.obsm["X_pca"][:, :2], rtol=1e-6)
 

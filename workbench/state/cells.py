@@ -15,6 +15,8 @@ from biollm_engine.errors import BioLLMError
 from . import colouring as col
 
 UMAP_KEY = "X_umap"
+MAX_CATEGORIES = 200  # beyond this a column is an identifier, not a grouping to colour by
+_LABEL_DTYPES = ("category", "object", "bool", "string")
 
 
 class CellsState:
@@ -91,11 +93,12 @@ class CellsState:
 
     # -- colouring ----------------------------------------------------------------------------
     def categorical_columns(self) -> list[str]:
+        """obs columns of labels with at most MAX_CATEGORIES distinct values."""
         if self.adata is None:
             return []
         obs = self.adata.obs
-        return [c for c in obs.columns
-                if str(obs[c].dtype) in ("category", "object", "bool", "string")]
+        return [str(c) for c in obs.columns if str(obs[c].dtype) in _LABEL_DTYPES
+                and obs[c].nunique() <= MAX_CATEGORIES]
 
     def colour_options(self) -> list[str]:
         """obs columns, then per-cell vectors given with `set_values` (feature activations)."""
@@ -108,8 +111,12 @@ class CellsState:
         if name is not None and name not in self.colour_options():
             raise BioLLMError(f"cannot colour by '{name}': it is neither an obs column nor a "
                               "feature vector; choose one from the Data panel.")
-        self.colour_by = name
-        self._colouring = self._make_colouring()
+        old, self.colour_by = self.colour_by, name
+        try:
+            self._colouring = self._make_colouring()
+        except BioLLMError:
+            self.colour_by = old
+            raise
         self.colour_changed.emit()
 
     def set_values(self, array, name: str) -> None:
@@ -138,7 +145,12 @@ class CellsState:
         if name in self.values:
             return col.continuous(name, self.values[name], zero_is_grey=True)
         s = self.adata.obs[name]
-        if str(s.dtype) in ("category", "object", "bool", "string"):
+        if str(s.dtype) in _LABEL_DTYPES:
+            n = s.nunique()
+            if n > MAX_CATEGORIES:
+                raise BioLLMError(f"obs['{name}'] has {n:,} distinct values, too many to colour "
+                                  f"by (at most {MAX_CATEGORIES}); choose a cell-type or cluster "
+                                  "column.")
             return col.categorical(name, s.values, self.adata.uns.get(f"{name}_colors"))
         return col.continuous(name, s.to_numpy(dtype=np.float32, na_value=np.nan))
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from PySide6.QtCore import Signal
 from PySide6.QtWidgets import (QComboBox, QFormLayout, QGroupBox, QLabel, QListWidget,
-                               QPushButton, QVBoxLayout, QWidget)
+                               QMessageBox, QPushButton, QVBoxLayout, QWidget)
 
 from biollm_engine.errors import BioLLMError
 
@@ -50,7 +50,7 @@ class DataPanel(QWidget):
         lay.addWidget(self.seq_box)
 
         self.embedding.textActivated.connect(self.cells.set_embedding)
-        self.colour.textActivated.connect(self.cells.set_colour)
+        self.colour.textActivated.connect(self._colour_chosen)
         self.type_key.textActivated.connect(self.cells.set_type_key)
         self.cells.loaded.connect(self._on_loaded)
         self.cells.embedding_changed.connect(self._on_loaded)
@@ -76,6 +76,13 @@ class DataPanel(QWidget):
         self._fill_colour()
         _fill(self.type_key, c.categorical_columns(), c.type_key)
         self._on_selection()
+
+    def _colour_chosen(self, name: str) -> None:
+        try:
+            self.cells.set_colour(name)
+        except BioLLMError as e:
+            self._fill_colour()
+            QMessageBox.information(self, "Colour by", e.message)
 
     def _fill_colour(self) -> None:
         _fill(self.colour, self.cells.colour_options(), self.cells.colour_by)
