@@ -2,7 +2,6 @@
 window keeps answering while they run."""
 
 import functools
-import time
 
 import numpy as np
 import pytest

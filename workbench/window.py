@@ -8,8 +8,7 @@ from pathlib import Path
 
 from PySide6.QtCore import QMimeData, QProcess, QSettings, Qt, QTimer
 from PySide6.QtGui import QAction, QKeySequence
-from PySide6.QtWidgets import (QDockWidget, QFileDialog, QLabel, QMainWindow, QMessageBox,
-                               QWidget)
+from PySide6.QtWidgets import QDockWidget, QFileDialog, QLabel, QMainWindow, QMessageBox
 from biollm_engine.errors import BioLLMError
 
 from .state import files
@@ -70,7 +69,7 @@ class MainWindow(QMainWindow):
         self.docks["Jobs"].raise_()
         self.resizeDocks([self.docks["Data"], self.docks["Features"]], [340, 380],
                          Qt.Orientation.Horizontal)
-        self.resizeDocks([self.docks["Jobs"], self.docks["Data"], self.docks["Model & dictionaries"]],
+        self.resizeDocks([self.docks[n] for n in ("Jobs", "Data", "Model & dictionaries")],
                          [170, 620, 220], Qt.Orientation.Vertical)
         self._build_menus()
 

@@ -12,7 +12,8 @@ import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QPointF, QRectF, Qt, QTimer
 from PySide6.QtGui import QColor, QCursor, QPainterPath, QPen
-from PySide6.QtWidgets import (QGraphicsPathItem, QGraphicsRectItem, QHBoxLayout, QLabel, QSizePolicy,
+from PySide6.QtWidgets import (QGraphicsPathItem, QGraphicsRectItem, QHBoxLayout, QLabel,
+                               QSizePolicy,
                                QStackedLayout, QToolButton, QToolTip, QVBoxLayout, QWidget)
 
 from ..state.cells import CellsState
@@ -117,7 +118,8 @@ class EmbeddingView(QWidget):
         self.mode_buttons = {}
         for mode, ico, text, tip in ((PAN, "fa5s.arrows-alt", "Pan", "Pan and zoom (shift-drag: "
                                       "rectangle selection)"),
-                                     (RECT, "fa5s.vector-square", "Rectangle", "Rectangle selection"),
+                                     (RECT, "fa5s.vector-square", "Rectangle",
+                                      "Rectangle selection"),
                                      (LASSO, "fa5s.draw-polygon", "Lasso", "Lasso selection")):
             b = self._button(text, tip, ico, checkable=True, autoExclusive=True)
             b.clicked.connect(lambda _=False, m=mode: self.set_mode(m))
@@ -227,8 +229,9 @@ class EmbeddingView(QWidget):
             self.colour_bar.setLevels((c.vmin, c.vmax))
         if want is not None and want.scene() is None:
             self.glw.addItem(want, row=0, col=1)
-            self.glw.ci.layout.setAlignment(want, Qt.AlignmentFlag.AlignTop
-                                            if want is self.legend else Qt.AlignmentFlag.AlignVCenter)
+            top = want is self.legend
+            self.glw.ci.layout.setAlignment(want, Qt.AlignmentFlag.AlignTop if top
+                                            else Qt.AlignmentFlag.AlignVCenter)
 
     def legend_entries(self) -> list[str]:
         return [label.text for _, label in self.legend.items]

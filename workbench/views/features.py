@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 
+from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (QComboBox, QFileDialog, QHBoxLayout, QLabel, QLineEdit,
                                QTableView, QToolButton, QVBoxLayout, QWidget)
 from ..state import features as feat
@@ -54,7 +55,8 @@ class FeaturesPanel(QWidget):
         lay = QVBoxLayout(self)
         lay.addLayout(top)
         lay.addWidget(self.filter)
-        lay.addWidget(self.empty)
+        self.empty.setAlignment(Qt.AlignmentFlag.AlignTop)
+        lay.addWidget(self.empty, 1)
         lay.addWidget(self.table, 1)
         self.selection_top = QLabel("")
         self.selection_top.setWordWrap(True)
@@ -104,10 +106,11 @@ class FeaturesPanel(QWidget):
         top = self.cells.top_features(sel) if self.key is not None else []
         labels = self.session.workspace.feature_labels
         self.top_of_selection = [j for j, _ in top]
+        names = [f"{j} {labels[f'{self.key}:{j}']}" if f"{self.key}:{j}" in labels else str(j)
+                 for j, _ in top]
         self.selection_top.setText(
             "" if not top else f"<b>Top features of {len(sel):,} selected cells</b> (mean): "
-            + ", ".join(f"{j}{' ' + labels[f'{self.key}:{j}'] if f'{self.key}:{j}' in labels else ''}"
-                        f" ({v:.3g})" for j, v in top))
+            + ", ".join(f"{name} ({v:.3g})" for name, (_, v) in zip(names, top)))
 
     def _show(self, key: str, df) -> None:
         if key == self.key:
