@@ -68,7 +68,7 @@ def acts(tiny_model_dirs, pbmc):
     return capture_activations(tiny_model_dirs("gpt_neox"), cell_sentences(pbmc))
 
 
-def train(d: Dictionary, x, y=None, steps: int = 120, batch: int = 256, lr: float = 4e-3):
+def train(d: Dictionary, x, y=None, steps: int = 80, batch: int = 256, lr: float = 4e-3):
     step = TrainStep(d, lr=lr, warmup_steps=5)
     g = torch.Generator().manual_seed(0)
     for _ in range(steps):
