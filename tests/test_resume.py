@@ -48,7 +48,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(cell_cache, tmp_path):
 
     from biollm_engine import cli
 
-    assert cli.main(["train", *_args(cell_cache, out), "--resume"]) == 0
+    assert cli.main(["train", "--out", str(out), "--resume"]) == 0  # options from the checkpoint
     assert not (out / "checkpoints").exists()
 
     ns = dict(cache=str(cell_cache), out=str(tmp_path / "whole"), hookpoint=["layers.1", "layers.0"],

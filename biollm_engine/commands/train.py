@@ -7,6 +7,7 @@ import os
 import signal
 
 from .. import config
+from ..errors import BioLLMError
 from ..progress import Cancelled, CancelToken, TqdmProgress
 from ..training.config import KINDS, TrainConfig
 
@@ -30,10 +31,23 @@ def _field(name: str):
     return next(f for f in dataclasses.fields(TrainConfig) if f.name == name)
 
 
+def _config(args: argparse.Namespace) -> TrainConfig:
+    """The flags; or, for `--out DIR --resume` alone, the options the checkpoint was run with."""
+    if not (args.resume and not args.hookpoint and args.data is None and args.cache is None):
+        return config.from_args(TrainConfig, args)
+    from ..training import checkpoint
+
+    last = checkpoint.latest(args.out)
+    if last is None:
+        raise BioLLMError(f"--resume: {args.out} holds no checkpoint to resume from; start "
+                          "without --resume.")
+    return config.from_dict(TrainConfig, {**checkpoint.read_state(last)["config"], "resume": True})
+
+
 def run(args: argparse.Namespace) -> int:
     from ..training import train
 
-    cfg = config.from_args(TrainConfig, args)
+    cfg = _config(args)
     cancel = CancelToken()
     # Ctrl-C saves a checkpoint before stopping, so `--resume` can continue
     previous = signal.signal(signal.SIGINT, lambda *_: cancel.cancel())

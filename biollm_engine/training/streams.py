@@ -1,7 +1,7 @@
 """Where training batches come from, and how far a run has read.
 
-Both streams hand out this rank's part of each global batch as {hookpoint: Tensor [n, width]}
-and can report a `state()` that a checkpoint saves and `restore` continues from exactly.
+Both streams hand out this rank's part of each global batch as {hookpoint: Tensor [n, width]},
+with the number of rows of the global batch, and can report a `state()` that a checkpoint saves and `restore` continues from exactly.
 
 - `CacheStream` reads an activation cache, shuffled, one epoch after another (epoch e shuffles
   with seed + e); each rank takes its rows of every global batch.
@@ -46,15 +46,16 @@ class CacheStream:
         # resuming: the same shuffle, minus the batches already trained on
         return itertools.islice(it, self.index, None)
 
-    def next(self) -> Batch:
+    def next(self) -> tuple[Batch, int]:
         for _ in range(2):
             if self._it is None:
                 self._it = self._open()
             batch = next(self._it, None)
             if batch is not None:
                 self.index += 1
-                rows = self.world.batch_slice(len(next(iter(batch.values()))))
-                return {hp: batch[hp][rows] for hp in self.hookpoints}
+                n = len(next(iter(batch.values())))
+                rows = self.world.batch_slice(n)
+                return {hp: batch[hp][rows] for hp in self.hookpoints}, n
             self.epoch, self.index, self._it = self.epoch + 1, 0, None
         raise BioLLMError("the activation cache holds no tokens; harvest it again.")
 
@@ -72,6 +73,7 @@ class LiveStream:
         self.records = list(records)
         self.hookpoints = list(hookpoints)
         self.world = world
+        self.global_batch_size = batch_size
         self.batch_size = len(range(batch_size)[world.batch_slice(batch_size)])
         self.buffer_tokens = max(buffer_tokens, self.batch_size)
         self.chunk_records = chunk_records
@@ -123,9 +125,9 @@ class LiveStream:
         perm = torch.randperm(rows, generator=self.gen)
         self.buffer = {hp: torch.cat(parts[hp])[perm] for hp in self.hookpoints}
 
-    def next(self) -> Batch:
+    def next(self) -> tuple[Batch, int]:
         if self._rows() < self.batch_size:
             self._fill()
         batch = {hp: t[: self.batch_size] for hp, t in self.buffer.items()}
         self.buffer = {hp: t[self.batch_size:] for hp, t in self.buffer.items()}
-        return batch
+        return batch, self.global_batch_size

@@ -18,39 +18,39 @@ import torch
 
 from .. import config as cfgmod
 from ..errors import BioLLMError
-from ..fileio import write_json
+from ..fileio import atomic_path, write_json
 from ..progress import Cancelled, CancelToken, ProgressCallback, ProgressTracker
 from . import checkpoint
 from .config import TrainConfig
 from .distributed import World, average_gradients, gather_rows, init_world, shutdown
-from .splice_eval import EvalSet, evaluate_dictionary
+from .splice_eval import EvalSet, evaluate_dictionary, reads, stack_inputs, writes
 from .streams import CacheStream, LiveStream
 
 # what a resumed run must share with the run that wrote the checkpoint
-_SAME_ON_RESUME = ("model", "data", "data_option", "cache", "hookpoint", "target", "kind", "activation",
-                   "latents", "expansion_factor", "k", "batch_size", "seed", "distribute",
-                   "genes_only", "max_length", "shuffle_tokens", "eval_cells")
+_SAME_ON_RESUME = ("model", "data", "data_option", "cache", "hookpoint", "target", "kind",
+                   "activation", "latents", "expansion_factor", "k", "batch_size", "seed",
+                   "distribute", "genes_only", "max_length", "shuffle_tokens", "eval_cells")
 _REPORTED = ("loss", "fvu", "l0", "dead_frac")
 
 
 @dataclass
 class Unit:
-    """One dictionary being trained: what it reads and writes, and its optimiser."""
+    """One dictionary being trained, under the name of its output folder, and its optimiser."""
 
     name: str
-    inputs: list[str]
-    target: str
     dictionary: torch.nn.Module
     step: object
 
+    @property
+    def hookpoints(self) -> list[str]:
+        return list(dict.fromkeys(reads(self.dictionary.cfg) + writes(self.dictionary.cfg)))
+
     def batch(self, batch: dict, device) -> tuple[torch.Tensor, torch.Tensor | None]:
-        def get(h):
-            return batch[h].to(device, torch.float32, non_blocking=True)
-        if len(self.inputs) > 1:  # crosscoder: sources side by side, [n, sources, width]
-            return torch.stack([get(h) for h in self.inputs], dim=1), None
-        if self.target != self.inputs[0]:
-            return get(self.inputs[0]), get(self.target)
-        return get(self.inputs[0]), None
+        """(x, y) for `TrainStep.step`: y is the target of a transcoder, else None."""
+        dcfg = self.dictionary.cfg
+        acts = {h: batch[h].to(device, torch.float32) for h in self.hookpoints}
+        y = None if dcfg.kind in ("sae", "crosscoder") else acts[writes(dcfg)[0]]
+        return stack_inputs(dcfg, acts), y
 
 
 def train(cfg: TrainConfig, progress: ProgressCallback | None = None,
@@ -73,6 +73,7 @@ class _Run:
         self.device = world.device(resolve_device(cfg.device))
         self.lm = None
         self.source = None
+        self.cache = None
         self.model_id = cfg.model
         self.total = math.ceil(cfg.tokens / cfg.batch_size)
 
@@ -124,11 +125,11 @@ class _Run:
 
         cfg, widths = self.cfg, self._widths()
         autocast = torch.bfloat16 if self.device.type == "cuda" else None
-        plans = []
+        # (output folder, hookpoints read, hookpoint written) of each dictionary
         if cfg.kind == "crosscoder":
-            plans.append(("+".join(cfg.hookpoint), list(cfg.hookpoint), cfg.hookpoint[0]))
+            plans = [("+".join(cfg.hookpoint), list(cfg.hookpoint), "")]
         else:
-            plans += [(h, [h], t) for h, t in zip(cfg.hookpoint, cfg.targets())]
+            plans = [(h, [h], t) for h, t in zip(cfg.hookpoint, cfg.targets())]
         units = []
         for i, (name, inputs, target) in self.world.owns(list(enumerate(plans))):
             if len({widths[h] for h in inputs}) > 1:
@@ -136,10 +137,12 @@ class _Run:
                                   f"{ {h: widths[h] for h in inputs} }.")
             d_in = widths[inputs[0]]
             dcfg = DictionaryConfig(
-                kind=cfg.kind, activation=cfg.activation, d_in=d_in, d_out=widths[target],
+                kind=cfg.kind, activation=cfg.activation, d_in=d_in,
+                d_out=widths[target] if target else d_in,
                 num_latents=cfg.latents or cfg.expansion_factor * d_in, k=cfg.k,
-                hookpoint=inputs[0], target=target if target != inputs[0] else "",
-                sources=inputs if cfg.kind == "crosscoder" else [], model=self.model_id or "")
+                hookpoint=inputs[0], target=target,
+                sources=inputs if cfg.kind == "crosscoder" else [],
+                model=self.model_id or "")
             torch.manual_seed(cfg.seed + i)  # the same weights whichever rank builds it
             d = Dictionary(dcfg).to(self.device)
             step = TrainStep(d, lr=cfg.lr, warmup_steps=cfg.warmup_steps,
@@ -152,7 +155,7 @@ class _Run:
                 params = list(d.parameters())
                 step.optimizer.register_step_pre_hook(
                     lambda *_, params=params: average_gradients(params, self.world))
-            units.append(Unit(name.replace("/", "_"), inputs, target, d, step))
+            units.append(Unit(name.replace("/", "_"), d, step))
         return units
 
     def _stream(self, hookpoints: list[str], eval_records: list[int]):
@@ -194,7 +197,7 @@ class _Run:
             raise BioLLMError(f"{self.out} holds an unfinished run's checkpoint; add --resume to "
                               "continue it, or choose another --out.")
         units = self._units()
-        hookpoints = list(dict.fromkeys(h for u in units for h in u.inputs + [u.target]))
+        hookpoints = list(dict.fromkeys(h for u in units for h in u.hookpoints))
         evalset = self._eval_set() if world.is_main or world.mode == "hookpoints" else None
         stream = self._stream(hookpoints, evalset.records if evalset else [])
         total = self.total
@@ -218,15 +221,14 @@ class _Run:
 
         try:
             while state["step"] < total:
-                batch = stream.next()
-                n = len(next(iter(batch.values())))
+                batch, n = stream.next()
                 if world.active and not all(u.step.initialized for u in units):
                     self._initialize_globally(units, batch)
                 for u in units:
                     x, y = u.batch(batch, self.device)
                     metrics[u.name] = u.step.step(x, y)
                 state["step"] += 1
-                state["tokens"] += n * (world.size if world.mode == "data" else 1)
+                state["tokens"] += n
                 step = state["step"]
                 if cfg.log_every and (step % cfg.log_every == 0 or step == total):
                     self._log(step, state["tokens"], metrics)
@@ -302,17 +304,25 @@ class _Run:
     def _log(self, step: int, tokens: int, metrics: dict, **extra) -> None:
         if not (self.world.is_main or self.world.mode == "hookpoints"):
             return
-        line = {"step": step, "tokens": tokens, **{k: v for k, v in metrics.items()}, **extra}
+        line = {"step": step, "tokens": tokens, **metrics, **extra}
         self.out.mkdir(parents=True, exist_ok=True)
         with open(self.out / "metrics.jsonl", "a") as f:
             f.write(json.dumps(line, default=float) + "\n")
 
     def _truncate_log(self, step: int) -> None:
+        """Drop the lines a killed run logged after its checkpoint (and a half-written last)."""
         path = self.out / "metrics.jsonl"
-        if path.exists():
-            lines = [ln for ln in path.read_text().splitlines()
-                     if ln.strip() and json.loads(ln)["step"] <= step]
-            path.write_text("".join(ln + "\n" for ln in lines))
+        if not path.exists():
+            return
+        keep = []
+        for ln in path.read_text().splitlines():
+            try:
+                if json.loads(ln)["step"] <= step:
+                    keep.append(ln + "\n")
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue
+        with atomic_path(path) as tmp:
+            tmp.write_text("".join(keep))
 
 
 def _mean(metrics: dict[str, dict]) -> dict[str, float]:
