@@ -275,7 +275,8 @@ def test_graph_save_load_round_trip(neox_graph, tmp_path):
     assert torch.equal(h.adjacency, g.adjacency)
     for name in ("input_ids", "features", "activations", "bias", "logit_ids", "logit_values"):
         np.testing.assert_array_equal(getattr(h, name), getattr(g, name))
-    assert (h.tokens, h.logit_labels, h.meta, h.prompt) == (g.tokens, g.logit_labels, g.meta, g.prompt)
+    assert (h.tokens, h.logit_labels, h.meta) == (g.tokens, g.logit_labels, g.meta)
+    assert h.prompt == g.prompt and h.input_positions == g.input_positions
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"not a graph")
     with pytest.raises(BioLLMError):

@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from pydantic import BaseModel
 
 from biollm_engine.circuits import attribute, prune
@@ -112,7 +111,8 @@ def test_json_matches_circuit_tracer_schema(cell_graph, tmp_path):
         Link.model_validate(link)
     ids = [n.node_id for n in model.nodes]
     assert len(ids) == len(set(ids))
-    assert {link["source"] for link in model.links} | {link["target"] for link in model.links} <= set(ids)
+    ends = {link["source"] for link in model.links} | {link["target"] for link in model.links}
+    assert ends <= set(ids)
     kinds = {n.feature_type for n in model.nodes}
     assert kinds >= {"embedding", "logit", "cross layer transcoder"}
     target = [n for n in model.nodes if n.is_target_logit]

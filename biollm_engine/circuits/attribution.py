@@ -165,7 +165,8 @@ def attribute(lm, transcoders, prompt: str | None = None, *, input_ids=None, tar
     then ignored). `target`: None (the model's top prediction), a label whose first token is the
     target, or a token id. `token_genes`: the gene of each token ("" for none).
     """
-    rm = transcoders if isinstance(transcoders, ReplacementModel) else ReplacementModel(lm, transcoders)
+    rm = (transcoders if isinstance(transcoders, ReplacementModel)
+          else ReplacementModel(lm, transcoders))
     tok = rm.lm.tokenizer
     if input_ids is None:
         input_ids = tokenize_prompt(tok, prompt or "")
@@ -196,7 +197,8 @@ def attribute(lm, transcoders, prompt: str | None = None, *, input_ids=None, tar
                                 ).astype(int) if n_active else np.zeros(0, int)
     feat_pos = torch.cat([lt.positions for lt in trace.layers]).cpu().numpy()
     feat_id = torch.cat([lt.features for lt in trace.layers]).cpu().numpy()
-    enc = [rm.transcoders[i].W_enc.detach().float() if i in rm.transcoders else None for i in range(L)]
+    enc = [rm.transcoders[i].W_enc.detach().float() if i in rm.transcoders else None
+           for i in range(L)]
 
     unembed = rm.unembed.weight.detach().float()
     rows = torch.zeros(K + n_rows, n_cols)

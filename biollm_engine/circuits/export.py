@@ -45,7 +45,8 @@ def _node(pg: PrunedGraph, i: int, labels: dict) -> dict:
                 is_target_logit=False, run_idx=0, reverse_ctx_idx=0, clerp="")
     if kind == "feature":
         feat = int(g.features[i, 2])
-        node.update(feature=_cantor(layer, feat), layer=str(layer), feature_type="cross layer transcoder",
+        node.update(feature=_cantor(layer, feat), layer=str(layer),
+                    feature_type="cross layer transcoder",
                     jsNodeId=f"{layer}_{feat}-0", activation=float(g.activations[i]),
                     clerp=labels.get((layer, feat), ""))
     elif kind == "error":
@@ -114,7 +115,7 @@ def node_rows(pg: PrunedGraph) -> list[dict]:
 
 
 def write_csv(pg: PrunedGraph, prefix: str | Path) -> tuple[Path, Path]:
-    """Write `<prefix>nodes.csv` and `<prefix>edges.csv` (prefix may be a folder path ending in /)."""
+    """Write `<prefix>nodes.csv` and `<prefix>edges.csv` (the prefix may end in a folder /)."""
     prefix = str(prefix)
     nodes_path, edges_path = Path(prefix + "nodes.csv"), Path(prefix + "edges.csv")
     ids = {int(i): node_id(pg, int(i)) for i in pg.nodes}

@@ -32,7 +32,8 @@ class CircuitConfig:
         "help": "keep the nodes holding this share of influence on the target"})
     edge_threshold: float = field(default=0.98, metadata={
         "help": "keep the edges holding this share of edge influence"})
-    csv: str = field(default="", metadata={"help": "also write PREFIXnodes.csv and PREFIXedges.csv"})
+    csv: str = field(default="", metadata={
+        "help": "also write PREFIXnodes.csv and PREFIXedges.csv"})
     graph: str = field(default="", metadata={
         "help": "also save the full unpruned graph (.safetensors) to re-prune later"})
     max_features: int = field(default=1000, metadata={

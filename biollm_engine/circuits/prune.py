@@ -27,7 +27,8 @@ def normalize(adjacency: torch.Tensor) -> torch.Tensor:
     return a / a.sum(1, keepdim=True).clamp(min=1e-10)
 
 
-def influence(normalized: torch.Tensor, weights: torch.Tensor, max_iter: int = 10_000) -> torch.Tensor:
+def influence(normalized: torch.Tensor, weights: torch.Tensor,
+              max_iter: int = 10_000) -> torch.Tensor:
     """`weights · (A + A² + ...)` for a normalised acyclic adjacency A."""
     current = weights @ normalized
     total = current.clone()
@@ -119,7 +120,7 @@ def prune(graph: Graph, node_threshold: float = 0.8, edge_threshold: float = 0.9
 
 def _connect(graph: Graph, pruned: torch.Tensor, node_mask: torch.Tensor,
              edge_mask: torch.Tensor) -> None:
-    """Give each kept feature / error node its strongest edge out and (features) in, if pruned away."""
+    """Give each kept feature / error node its strongest edge out and (features) in, if none."""
     mag = pruned.abs()
     for i in torch.nonzero(node_mask[: graph.input_start]).flatten().tolist():
         if not edge_mask[:, i].any() and mag[:, i].max() > 0:

@@ -286,7 +286,7 @@ class ReplacementModel:
         return out.last_hidden_state
 
     def logits(self, final: torch.Tensor) -> torch.Tensor:
-        """Real next-token logits from the unembedding's input (softcap applied where the model has one)."""
+        """Next-token logits from the unembedding's input (soft-capped where the model is)."""
         z = self.unembed(final)
         if self.softcap:
             z = torch.tanh(z / self.softcap) * self.softcap
@@ -323,7 +323,7 @@ class ReplacementModel:
         return LayerTrace(pos, feat, acts[pos, feat], pre, error, x, y)
 
     def replay(self, trace: Trace, embeds: torch.Tensor, mlp_out: list[torch.Tensor]):
-        """The frozen model on new sources: embeddings [B, T, d] and MLP outputs (per layer [B, T, d]).
+        """The frozen model on new sources: embeddings [B, T, d], MLP outputs (per layer [B, T, d]).
 
         Returns the MLP inputs (per layer [B, T, d_in]) and the unembedding's input [B, T, d].
         A transcoder's skip term, being linear, is recomputed from the MLP input.
