@@ -200,26 +200,25 @@ def evaluate_dictionary(lm, dictionary, evalset: EvalSet) -> dict[str, float | N
         if len(ids) < 2:
             continue
         acts = _clean_acts(lm, dictionary, ids)
-        recon, _ = _reconstruct(dictionary, acts)
+        recon, result = _reconstruct(dictionary, acts)
         kept = keep.to(dev)
         for h, r in recon.items():
             true = acts[h].to(dev, torch.float32)[kept]
             err[h] = err.get(h, 0.0) + (true - r[kept]).pow(2).sum().item()
             s1[h] = s1.get(h, 0.0) + true.sum(0)
             s2[h] = s2.get(h, 0.0) + true.pow(2).sum().item()
-        active = dictionary.encode(_inputs(dictionary, acts))[kept] != 0
-        active_sum += active.sum().item()
+        live = result.latent_acts[kept] > 0
+        active_sum += live.sum().item()
         tokens += int(kept.sum())
-        fired |= active.any(0)
+        fired[result.latent_indices[kept][live]] = True
         if not lm.is_causal:  # no next-token loss to compare
             continue
-        for mode, values in (("clean", False), ("spliced", recon), ("zero", None)):
-            with contextlib.ExitStack() as stack:
-                if mode != "clean":
-                    stack.enter_context(_replaced(lm, dictionary.cfg, values))
-                loss, n = _ce(lm, ids)
-            ce[mode] += loss
+        loss, n = _ce(lm, ids)
+        ce["clean"] += loss
         count += n
+        for mode, values in (("spliced", recon), ("zero", None)):
+            with _replaced(lm, dictionary.cfg, values):
+                ce[mode] += _ce(lm, ids)[0]
     var = sum(s2[h] - s1[h].pow(2).sum().item() / tokens for h in s2) if tokens else 0.0
     out: dict[str, float | None] = {
         "fvu": sum(err.values()) / var if var > 0 else None,
