@@ -36,7 +36,7 @@ def latest(out: str | Path) -> Path | None:
     return done[-1] if done else None
 
 
-def save(out: str | Path, state: dict, units: Mapping[str, tuple], stream_state: dict,
+def save(out: str | Path, state: dict, units: Mapping[str, object], stream_state: dict,
          world: World) -> Path:
     """Write a checkpoint of `units` ({name: TrainStep} this rank owns).
 
@@ -65,7 +65,8 @@ def save(out: str | Path, state: dict, units: Mapping[str, tuple], stream_state:
     return dest
 
 
-def _write_parts(tmp: Path, units: Mapping[str, tuple], stream_state: dict, world: World) -> None:
+def _write_parts(tmp: Path, units: Mapping[str, object], stream_state: dict,
+                 world: World) -> None:
     for name, step in units.items():
         torch.save(step.state_dict(), tmp / f"{name}.pt")
     torch.save(stream_state, tmp / f"stream-rank{world.rank}.pt")

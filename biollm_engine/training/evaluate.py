@@ -52,7 +52,9 @@ def evaluate(cfg: EvalConfig) -> dict:
 
     dictionary = load_dictionary(cfg.dict)
     if cfg.hookpoint:
-        dictionary.cfg.hookpoint = dictionary.cfg.target = cfg.hookpoint
+        if dictionary.cfg.target in ("", dictionary.cfg.hookpoint):  # an SAE writes where it reads
+            dictionary.cfg.target = cfg.hookpoint
+        dictionary.cfg.hookpoint = cfg.hookpoint
     if not dictionary.cfg.hookpoint:
         raise BioLLMError(f"dictionary {cfg.dict} does not record its hookpoint; give --hookpoint.")
     data = open_data(cfg.data, **parse_data_options(cfg.data_option))
