@@ -25,7 +25,7 @@ def wait(app, seconds: float, until=lambda: False) -> None:
 
 def main() -> None:
     import scanpy as sc
-    from PySide6.QtCore import QSettings
+    from PySide6.QtCore import QSettings, Qt
     from PySide6.QtWidgets import QApplication
 
     from workbench.window import MainWindow
@@ -59,6 +59,28 @@ def main() -> None:
     cells.select_polygon([(lo[0], lo[1]), (hi[0], lo[1]), (hi[0], hi[1]), (lo[0], hi[1])])
     wait(app, 1.0)
     w.grab().save(str(HERE / "values_and_selection.png"))
+
+    # a real training job (a tiny random test model, so only the Jobs panel is of interest)
+    import functools
+
+    sys.path.insert(0, str(HERE.parents[1] / "tests"))
+    from tiny_models import make_tiny_model
+
+    from biollm_engine.training import TrainConfig, train
+
+    model = make_tiny_model("gpt_neox", tmp / "tiny")
+    cfg = TrainConfig(out=str(tmp / "run"), model=str(model), data=str(path),
+                      hookpoint=["layers.1"], latents=256, k=8, tokens=128 * 100_000,
+                      batch_size=128, warmup_steps=10, eval_cells=0, checkpoint_every=0,
+                      device="cpu", max_length=64, shuffle_tokens=1024)
+    job = w.runner.submit("train SAE on layers.1 (tiny test model)", functools.partial(train, cfg))
+    w.docks["Jobs"].raise_()
+    w.resizeDocks([w.docks["Jobs"]], [330], Qt.Orientation.Vertical)
+    wait(app, 240, lambda: job.progress is not None and job.progress.step >= 150)
+    wait(app, 1.5)
+    w.grab().save(str(HERE / "training_job.png"))
+    job.cancel()
+    w.runner.wait(60)
     print("written:", *sorted(p.name for p in HERE.glob("*.png")))
     w.close()
 

@@ -48,6 +48,10 @@ class JobsPanel(QWidget):
         splitter.addWidget(self.table)
         splitter.addWidget(self.hint)
         splitter.addWidget(self.plots)
+        splitter.setStretchFactor(0, 1)
+        splitter.setStretchFactor(2, 3)  # the plots get most of the room once a job runs
+        self.table.setMinimumHeight(70)
+        self.plots.setMinimumHeight(120)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
         lay.addWidget(splitter)
