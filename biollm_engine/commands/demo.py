@@ -1,0 +1,82 @@
+"""`biollm demo build` / `biollm demo run`: the embedded PBMC demo workspace."""
+
+from __future__ import annotations
+
+import argparse
+
+from .. import config
+
+
+def add_parser(subparsers) -> None:
+    from ..demo.build import DemoBuildConfig
+    from ..demo.run import DemoRunConfig
+
+    p = subparsers.add_parser(
+        "demo", help="build the embedded demo workspace, or run the whole pipeline on it",
+        description="The embedded demo: a small cell-sentence model trained on scanpy's "
+                    "pbmc68k_reduced, with its transcoders and SAE. Needs no network.")
+    sub = p.add_subparsers(dest="demo_command", metavar="ACTION", required=True)
+    b = sub.add_parser("build", help="rebuild the demo workspace from scanpy's data",
+                       description="Train the demo model and its dictionaries, deterministically, "
+                                   "and write the workspace atomically.")
+    config.add_arguments(b, DemoBuildConfig)
+    b.set_defaults(run=run_build)
+    r = sub.add_parser("run", help="features, write-back, circuits and figures on the demo",
+                       description="Run the pipeline on the demo workspace and write a feature "
+                                   "table, an .h5ad with feature activations, one circuit per "
+                                   "cell type and figures (PNG and SVG) into --out.")
+    config.add_arguments(r, DemoRunConfig)
+    r.set_defaults(run=run_demo)
+
+
+def run_build(args: argparse.Namespace) -> int:
+    from ..demo.build import DemoBuildConfig, build
+    from ..fileio import read_json
+
+    cfg = config.from_args(DemoBuildConfig, args)
+    with _Bars() as bars:
+        out = build(cfg, progress=bars)
+    report = read_json(out / "demo.json", "demo report")
+    m = report["model"]
+    print(f"demo workspace: {out}")
+    print(f"held-out accuracy {m['heldout_accuracy']:.3f} on {m['n_heldout']} cells "
+          f"(majority class {m['majority_class']!r}: {m['majority_rate']:.3f}); "
+          f"built in {report['timings_s']['total_s']:.0f} s")
+    return 0
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from ..demo.run import DemoRunConfig, run
+
+    cfg = config.from_args(DemoRunConfig, args)
+    with _Bars() as bars:
+        written = run(cfg, progress=bars)
+    for path in written:
+        print(path)
+    return 0
+
+
+class _Bars:
+    """A progress callback with one bar per task (the demo runs several jobs in turn)."""
+
+    def __init__(self):
+        self.task, self.bar = None, None
+
+    def __call__(self, p) -> None:
+        from ..progress import TqdmProgress
+
+        if p.task != self.task:
+            self.close()
+            self.task, self.bar = p.task, TqdmProgress(p.task)
+        self.bar(p)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        self.task, self.bar = None, None
+
+    def __enter__(self) -> "_Bars":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,225 @@
+"""`biollm demo build`: make the embedded demo workspace from scanpy's PBMC data.
+
+The workspace folder holds `model/` (tokenizer + GPTNeoX, save_pretrained), `dictionaries/`
+(a transcoder per MLP layer and a TopK SAE on one residual layer, trained by the project's own
+trainer), `cells.h5ad` (pbmc68k_reduced with the train / held-out split in obs), `demo.json`
+(what was measured) and `workspace.json` (what the workbench opens).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..config import to_dict
+from ..errors import BioLLMError
+from ..fileio import atomic_dir, write_json
+from ..progress import CancelToken, ProgressCallback
+from .data import (LABEL_COLUMN, SPLIT_COLUMN, build_sequences, cell_dataset, load_pbmc,
+                   stratified_split)
+from .model import deterministic
+
+DEFAULT_WORKSPACE = Path(__file__).resolve().parents[2] / "resources" / "demo"
+
+
+@dataclass
+class DemoBuildConfig:
+    """How the demo workspace is built; saved in its demo.json."""
+
+    out: str = field(default=str(DEFAULT_WORKSPACE), metadata={"help": "workspace folder to write"})
+    quick: bool = field(default=False, metadata={
+        "help": "a reduced build for tests: shorter sentences, a smaller model, fewer steps"})
+    top_k: int = field(default=200, metadata={
+        "help": "genes per cell sentence (200 is the engine's default, so every part of it reads "
+                "the demo's cells as the model was trained on them)"})
+    layers: int = field(default=4, metadata={"help": "transformer layers"})
+    width: int = field(default=128, metadata={"help": "model width (d_model)"})
+    heads: int = field(default=4, metadata={"help": "attention heads"})
+    epochs: int = field(default=5, metadata={"help": "passes over the training cells"})
+    batch_size: int = field(default=16, metadata={"help": "cells per optimisation step"})
+    lr: float = field(default=2e-3, metadata={"help": "peak learning rate (one-cycle schedule)"})
+    answer_weight: float = field(default=1.0, metadata={
+        "help": "weight of the cell-type token relative to all other tokens of its sequence"})
+    heldout_fraction: float = field(default=0.2, metadata={
+        "help": "fraction of each cell type held out from training, for the accuracy"})
+    seed: int = field(default=0, metadata={"help": "seed of the split, initialisation and order"})
+    threads: int = field(default=1, metadata={
+        "help": "torch CPU threads (fixed, for determinism; one thread also degrades least on a "
+                "busy machine)"})
+    dict_latents: int = field(default=512, metadata={"help": "latents per dictionary"})
+    dict_k: int = field(default=16, metadata={"help": "active latents per token (TopK)"})
+    dict_tokens: int = field(default=400_000, metadata={"help": "training tokens per dictionary"})
+    dict_batch_size: int = field(default=1024, metadata={"help": "tokens per dictionary step"})
+    dict_eval_cells: int = field(default=16, metadata={
+        "help": "prompts for the trainer's spliced evaluation (it reads cells.h5ad with the "
+                "engine's default 200-gene sentences, so it is off when top_k differs)"})
+    sae_layer: int = field(default=2, metadata={"help": "residual layer of the SAE (layers.i)"})
+
+    def reduced(self) -> "DemoBuildConfig":
+        """The `--quick` variant: what a test can afford, still on all 700 real cells."""
+        return dataclasses.replace(self, top_k=24, layers=2, width=64, heads=4, epochs=3,
+                                   lr=3e-3, dict_latents=128, dict_k=8, dict_tokens=20_000,
+                                   dict_batch_size=512, dict_eval_cells=0, sae_layer=1)
+
+
+def build(cfg: DemoBuildConfig, progress: ProgressCallback | None = None,
+          cancel: CancelToken | None = None) -> Path:
+    """Build the workspace into `cfg.out` (atomically: the old one stays until the new is done)."""
+    if cfg.quick:
+        cfg = cfg.reduced()
+    if not 0 < cfg.heldout_fraction < 1:
+        raise BioLLMError("heldout_fraction must be between 0 and 1.")
+    if not 0 <= cfg.sae_layer < cfg.layers:
+        raise BioLLMError(f"sae_layer must be a layer of the model (0..{cfg.layers - 1}).")
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    out = Path(cfg.out)
+    with atomic_dir(out) as tmp:
+        timings, report = {}, {}
+        adata = load_pbmc()
+        labels = list(adata.obs[LABEL_COLUMN].cat.categories)
+        codes = adata.obs[LABEL_COLUMN].cat.codes.to_numpy().astype(np.int64)
+        heldout = stratified_split(codes, cfg.heldout_fraction, cfg.seed)
+        adata.obs[SPLIT_COLUMN] = np.where(heldout, "heldout", "train")
+        adata.obs[SPLIT_COLUMN] = adata.obs[SPLIT_COLUMN].astype("category")
+        adata.write_h5ad(tmp / "cells.h5ad", compression="gzip")
+
+        t = time.perf_counter()
+        report["model"] = _build_model(cfg, adata, labels, codes, heldout, tmp / "model",
+                                       progress, cancel)
+        timings["model_s"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        dictionaries = _build_dictionaries(cfg, tmp, progress, cancel)
+        timings["dictionaries_s"] = time.perf_counter() - t
+        timings["total_s"] = time.perf_counter() - t0
+        # CPU seconds of this process: on a busy shared machine a better estimate than the wall
+        # time of what the build takes on an idle one (it runs on `threads` threads)
+        timings["cpu_s"] = time.process_time() - cpu0
+        report.update(dictionaries=dictionaries["report"],
+                      timings_s={k: round(v, 1) for k, v in timings.items()},
+                      machine={"platform": platform.platform(), "threads": cfg.threads},
+                      config={k: v for k, v in to_dict(cfg).items() if k != "out"})
+        write_json(tmp / "demo.json", report)
+        write_json(tmp / "workspace.json", _workspace(cfg, dictionaries["paths"]))
+    return out
+
+
+def _build_model(cfg, adata, labels, codes, heldout, dest: Path, progress, cancel) -> dict:
+    import transformers as tf
+
+    from .model import gpt_neox_config, predict, train_model
+    from .tokenizer import build_tokenizer, label_token_ids
+
+    dataset = cell_dataset(adata, cfg.top_k)
+    tokenizer = build_tokenizer(dataset.genes, labels, [dataset.prompt(0)])
+    label_ids = label_token_ids(tokenizer, labels)
+    seqs = build_sequences(dataset, tokenizer, label_ids, codes)
+    train_idx, test_idx = np.flatnonzero(~heldout), np.flatnonzero(heldout)
+    with deterministic(cfg.seed, cfg.threads):
+        config = gpt_neox_config(tokenizer, cfg.layers, cfg.width, cfg.heads,
+                                 int(seqs.input_ids.shape[1]) + 8)
+        model = tf.GPTNeoXForCausalLM(config)
+        history = train_model(model, seqs, train_idx, epochs=cfg.epochs,
+                              batch_size=cfg.batch_size, lr=cfg.lr,
+                              answer_weight=cfg.answer_weight, seed=cfg.seed,
+                              progress=progress, cancel=cancel)
+        pred, free = predict(model, seqs, test_idx, label_ids)
+    model.save_pretrained(dest, safe_serialization=True)
+    tokenizer.save_pretrained(dest)
+    truth = codes[test_idx]
+    majority = int(np.bincount(codes[train_idx]).argmax())
+    return {
+        "architecture": "GPTNeoX (Pythia)", "layers": cfg.layers, "width": cfg.width,
+        "heads": cfg.heads, "vocab_size": len(tokenizer),
+        "parameters": int(sum(p.numel() for p in model.parameters())),
+        "cell_sentence": to_dict(dataset.cfg), "data": dataset.describe(),
+        "labels": labels, "label_column": LABEL_COLUMN, "split_column": SPLIT_COLUMN,
+        "n_train": int(len(train_idx)), "n_heldout": int(len(test_idx)),
+        "heldout_accuracy": float(np.mean(pred == truth)),
+        "heldout_accuracy_unrestricted": float(np.mean(free == np.asarray(label_ids)[truth])),
+        "majority_class": labels[majority],
+        "majority_rate": float(np.mean(truth == majority)),
+        "accuracy_note": "argmax over the cell-type tokens of the next token after the prompt "
+                         "(unrestricted: argmax over the whole vocabulary); majority rate: share "
+                         "of held-out cells of the most frequent training cell type",
+        "heldout_predictions": {str(obs_name): labels[p]
+                                for obs_name, p in zip(adata.obs_names[test_idx], pred)},
+        "history": history,
+        "loss": "next-token CE over the whole sequence, the cell-type token weighted "
+                f"{cfg.answer_weight}x the other tokens together",
+    }
+
+
+def _build_dictionaries(cfg, ws: Path, progress, cancel) -> dict:
+    """Harvest every needed hookpoint over the demo's own prompts once, then train the
+    transcoders (one pass for all layers) and the SAE from that cache."""
+    from ..harvest import HarvestConfig, harvest
+    from ..models import load_model
+    from ..training import TrainConfig, train
+
+    transcoder_in = [f"layers.{i}.mlp.in" for i in range(cfg.layers)]
+    runs = {
+        "transcoders": dict(kind="transcoder", hookpoint=transcoder_in),
+        "sae": dict(kind="sae", hookpoint=[f"layers.{cfg.sae_layer}"]),
+    }
+    hookpoints = transcoder_in + [f"layers.{i}.mlp.out" for i in range(cfg.layers)] \
+        + [f"layers.{cfg.sae_layer}"]
+    paths, report = [], {}
+    with tempfile.TemporaryDirectory(prefix="biollm-demo-cache-") as cache_dir, \
+            deterministic(cfg.seed, cfg.threads):
+        lm = load_model(str(ws / "model"), device="cpu")
+        dataset = cell_dataset(ws / "cells.h5ad", cfg.top_k)
+        harvest(lm, dataset.examples(lm.tokenizer), HarvestConfig(hookpoints=hookpoints,
+                                                                   store_dtype="float32"),
+                cache_dir, progress=progress, cancel=cancel, total_examples=dataset.n_cells,
+                meta={"data": str(ws / "cells.h5ad"), "units": dataset.genes})
+        dataset.close()
+        for name, spec in runs.items():
+            out = ws / "dictionaries" / name
+            tc = TrainConfig(out=str(out), model=str(ws / "model"), cache=cache_dir,
+                             activation="topk", latents=cfg.dict_latents, k=cfg.dict_k,
+                             tokens=cfg.dict_tokens, batch_size=cfg.dict_batch_size,
+                             warmup_steps=max(1, cfg.dict_tokens // cfg.dict_batch_size // 10),
+                             device="cpu", seed=cfg.seed, checkpoint_every=0,
+                             eval_cells=cfg.dict_eval_cells, **spec)
+            written = train(tc, progress=progress, cancel=cancel)
+            for hookpoint, folder in written.items():
+                _relative_paths(Path(folder), ws)
+                paths.append(Path(folder).relative_to(ws).as_posix())
+                summary = json.loads((Path(folder) / "cfg.json").read_text()).get("training", {})
+                report[hookpoint] = {k: v for k, v in summary.items() if k != "config"}
+    return {"paths": paths, "report": report}
+
+
+def _relative_paths(folder: Path, ws: Path) -> None:
+    """The trainer records where the model, data and output were at build time (a temporary
+    folder); record them relative to the dictionary's own folder instead, so that they stay
+    right wherever the workspace is moved and name no machine's paths."""
+    path = folder / "cfg.json"
+    data = json.loads(path.read_text())
+    data["model"] = os.path.relpath(ws / "model", folder)
+    config = data.get("training", {}).get("config", {})
+    for key in ("model", "data", "out"):
+        if config.get(key):
+            config[key] = os.path.relpath(config[key], folder)
+    config["cache"] = "(the demo prompts' activations, harvested during the build, then deleted)"
+    write_json(path, data)
+
+
+def _workspace(cfg: DemoBuildConfig, dictionaries: list[str]) -> dict:
+    """workspace.json in the workbench's format (paths relative to the workspace)."""
+    return {
+        "version": 1, "model": "model", "dictionaries": dictionaries, "data": ["cells.h5ad"],
+        "sequences": [], "caches": [], "analyses": [], "feature_labels": {}, "figures": [],
+        "settings": {"embedding": "X_umap", "type_key": LABEL_COLUMN, "colour_by": LABEL_COLUMN,
+                     "cell_sentence": {"top_k": cfg.top_k},
+                     "split_column": SPLIT_COLUMN},
+    }
