@@ -85,7 +85,8 @@ def test_sparsify_folder_loads_and_encodes_identically(tmp_path, kind):
     s = sparsify_coder(kind)
     s.save_to_disk(tmp_path / "run" / "layers.2.mlp")  # sparsify nests one folder per hookpoint
     d = load_dictionary(tmp_path / "run")
-    assert (d.cfg.kind, d.cfg.hookpoint, d.cfg.k, d.cfg.num_latents) == (kind, "layers.2.mlp", 4, 48)
+    c = d.cfg
+    assert (c.kind, c.hookpoint, c.k, c.num_latents) == (kind, "layers.2.mlp", 4, 48)
     x = torch.randn(64, 16)
     theirs = s.encode(x)
     vals, idx = d.encode_sparse(x)
@@ -153,7 +154,8 @@ def test_saelens_folder_encodes_by_its_formula(tmp_path, arch):
 def test_goodfire_state_dict_loads_as_tied_batchtopk(tmp_path):
     g = torch.Generator().manual_seed(0)
     W = torch.randn(16, 64, generator=g) * 0.2
-    state = {"W": W, "b_enc": torch.randn(64, generator=g) * 0.1, "b_dec": torch.randn(16, generator=g)}
+    state = {"W": W, "b_enc": torch.randn(64, generator=g) * 0.1,
+             "b_dec": torch.randn(16, generator=g)}
     path = tmp_path / "sae-layer26-mixed-expansion_4-k_3.pt"
     torch.save(state, path)
     d = load_dictionary(path)

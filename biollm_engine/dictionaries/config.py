@@ -56,7 +56,8 @@ class DictionaryConfig:
 
     def __post_init__(self):
         if self.kind not in KINDS:
-            raise BioLLMError(f"unknown dictionary kind {self.kind!r}; use one of {', '.join(KINDS)}.")
+            raise BioLLMError(f"unknown dictionary kind {self.kind!r}; use one of "
+                              f"{', '.join(KINDS)}.")
         if self.activation not in ACTIVATIONS:
             raise BioLLMError(f"unknown activation {self.activation!r}; use one of "
                               f"{', '.join(ACTIVATIONS)}.")

@@ -113,8 +113,9 @@ class Dictionary(nn.Module):
         return torch.addmm(self.b_enc, self._input(x2), self._W_enc().T)
 
     # ---- which latents fire ------------------------------------------------------------------
-    def _select(self, pre: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
-        """(values, indices, keep) from pre-activations; keep masks padding (None: all kept)."""
+    def _select(self, pre: Tensor, learn: bool = False) -> tuple[Tensor, Tensor, Tensor | None]:
+        """(values, indices, keep) from pre-activations; keep masks padding (None: all kept).
+        `learn`: a training forward pass, which updates BatchTopK's inference threshold."""
         act = self.cfg.activation
         if act == "topk":
             vals, idx = pre.topk(self.cfg.k, dim=1, sorted=False)
@@ -122,7 +123,7 @@ class Dictionary(nn.Module):
         if act == "batchtopk":
             if self.training or float(self.threshold) < 0:
                 mask, lowest = batch_topk_mask(pre, self.cfg.k)
-                if self.training and pre.shape[0] > 0:
+                if learn and pre.shape[0] > 0:
                     self._update_threshold(lowest)
             else:
                 mask = pre > self.threshold.clamp_min(0)
@@ -138,7 +139,7 @@ class Dictionary(nn.Module):
         if float(self.threshold) < 0:
             self.threshold.copy_(lowest)
         else:
-            self.threshold.mul_(BATCHTOPK_THRESHOLD_BETA).add_((1 - BATCHTOPK_THRESHOLD_BETA) * lowest)
+            self.threshold.lerp_(lowest, 1 - BATCHTOPK_THRESHOLD_BETA)
 
     # ---- public API ---------------------------------------------------------------------------
     @torch.no_grad()
@@ -196,7 +197,7 @@ class Dictionary(nn.Module):
         if cfg.activation in ("topk", "batchtopk"):
             with torch.no_grad():
                 pre = self.pre_acts(x2)
-                _, idx, keep = self._select(pre)
+                _, idx, keep = self._select(pre, learn=self.training)
                 aux_idx = self._dead_latents(pre, dead_mask)
             all_idx = idx if aux_idx is None else torch.cat([idx, aux_idx[1]], 1)
             b_sub = self._b_dec() if cfg.apply_b_dec_to_input else None

@@ -63,7 +63,8 @@ class TrainStep:
         d.train()
         tail = x.shape[-2:] if d.cfg.n_sources > 1 else x.shape[-1:]
         x = x.reshape(-1, *tail).to(d.device)
-        y = None if y is None else y.reshape(x.shape[0], *y.shape[len(y.shape) - len(tail):]).to(d.device)
+        if y is not None:
+            y = y.reshape(x.shape[0], *y.shape[y.dim() - len(tail):]).to(d.device)
         if not self.initialized:
             self._initialize(x, y)
         target = (x if y is None else y).reshape(x.shape[0], -1).to(d.dtype)
