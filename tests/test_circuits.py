@@ -324,3 +324,20 @@ def test_progress_reports_and_cancel(neox):
     token.cancel()
     with pytest.raises(Cancelled):
         attribute(neox, tcs, "CD3E CD3D", batch_size=4, cancel=token)
+
+
+def test_hooks_leave_other_threads_alone(neox):
+    import threading
+
+    rm = ReplacementModel(neox, make_transcoders(neox, layers=[0]))
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        clean = neox.model(ids).logits
+        seen = {}
+        with rm.mlp_hooks(lambda i, x: None, lambda i, out: out * 0):
+            t = threading.Thread(target=lambda: seen.setdefault("other", neox.model(ids).logits))
+            t.start()
+            t.join()
+            mine = neox.model(ids).logits
+    assert torch.equal(seen["other"], clean)
+    assert not torch.allclose(mine, clean)

@@ -109,32 +109,24 @@ def _live_logits(rm: ReplacementModel, ids: torch.Tensor, edits) -> torch.Tensor
     for e in edits:
         by_layer.setdefault(e.layer, []).append(e)
     xs: dict[int, torch.Tensor] = {}
-    handles = []
-    for layer, es in by_layer.items():
-        def pre(_m, args, layer=layer):
-            xs[layer] = args[0]
 
-        def post(_m, _a, out, layer=layer, es=es):
-            y = out[0] if isinstance(out, tuple) else out
-            x = xs[layer][0]
-            tc = rm.transcoders.get(layer)
-            acts = error = None
-            if tc is not None:
-                acts = tc.encode(x.to(tc.W_enc.dtype)).float()
-                error = y[0].float() - rm.decode(layer, acts, x).float()
-            else:
-                error = y[0].float()
-            new = y + _delta(rm, layer, es, x, error, acts).to(y.dtype)[None]
-            return (new,) + tuple(out[1:]) if isinstance(out, tuple) else new
+    def on_out(layer, out):
+        if layer not in by_layer:
+            return None
+        y = out[0] if isinstance(out, tuple) else out
+        x = xs[layer][0]
+        tc = rm.transcoders.get(layer)
+        acts = None
+        if tc is not None:
+            acts = tc.encode(x.to(tc.W_enc.dtype)).float()
+            error = y[0].float() - rm.decode(layer, acts, x).float()
+        else:
+            error = y[0].float()
+        new = y + _delta(rm, layer, by_layer[layer], x, error, acts).to(y.dtype)[None]
+        return (new,) + tuple(out[1:]) if isinstance(out, tuple) else new
 
-        handles.append(rm.mlp_in[layer].register_forward_pre_hook(pre))
-        handles.append(rm.mlp_out[layer].register_forward_hook(post))
-    try:
-        with torch.no_grad():
-            final = rm._body(input_ids=ids[None].to(rm.unembed.weight.device))[0]
-    finally:
-        for h in handles:
-            h.remove()
+    with torch.no_grad(), rm.mlp_hooks(xs.__setitem__, on_out):
+        final = rm.body(input_ids=ids[None].to(rm.unembed.weight.device))[0]
     return final[-1]
 
 

@@ -268,20 +268,31 @@ class ReplacementModel:
                 h.remove()
 
     @contextlib.contextmanager
-    def _mlp_hooks(self, on_in, on_out):
+    def mlp_hooks(self, on_in, on_out):
+        """Call `on_in(layer, mlp_in)` and `on_out(layer, output)` (its result replaces the output
+        unless None) in this thread's forward passes only: a GUI may run the model elsewhere."""
+        owner = threading.get_ident()
+
+        def pre(_m, args, i):
+            if threading.get_ident() == owner:
+                on_in(i, args[0])
+
+        def post(_m, _a, out, i):
+            return on_out(i, out) if threading.get_ident() == owner else None
+
         handles = []
         for i in range(self.n_layers):
             handles.append(self.mlp_in[i].register_forward_pre_hook(
-                lambda _m, args, i=i: on_in(i, args[0])))
+                lambda m, args, i=i: pre(m, args, i)))
             handles.append(self.mlp_out[i].register_forward_hook(
-                lambda _m, _a, out, i=i: on_out(i, out)))
+                lambda m, a, out, i=i: post(m, a, out, i)))
         try:
             yield
         finally:
             for h in handles:
                 h.remove()
 
-    def _body(self, input_ids=None, inputs_embeds=None) -> torch.Tensor:
+    def body(self, input_ids=None, inputs_embeds=None) -> torch.Tensor:
         out = self.lm.base(input_ids=input_ids, inputs_embeds=inputs_embeds, use_cache=False)
         return out.last_hidden_state
 
@@ -304,8 +315,8 @@ class ReplacementModel:
         def on_out(i, out):
             ys[i] = out[0] if isinstance(out, tuple) else out
 
-        with self.frozen(fz), self._mlp_hooks(lambda i, x: xs.__setitem__(i, x), on_out):
-            final = self._body(input_ids=ids)[0]
+        with self.frozen(fz), self.mlp_hooks(lambda i, x: xs.__setitem__(i, x), on_out):
+            final = self.body(input_ids=ids)[0]
         layers = [self._layer_trace(i, xs[i][0], ys[i][0]) for i in range(self.n_layers)]
         fz.mode = "replay"
         return Trace(input_ids=ids[0], embeds=self.embed(ids)[0], layers=layers, final=final,
@@ -340,8 +351,8 @@ class ReplacementModel:
                 new = new + skip.to(new.dtype)
             return (new,) + tuple(out[1:]) if isinstance(out, tuple) else new
 
-        with self.frozen(trace.frozen), self._mlp_hooks(on_in, on_out):
-            final = self._body(inputs_embeds=embeds)
+        with self.frozen(trace.frozen), self.mlp_hooks(on_in, on_out):
+            final = self.body(inputs_embeds=embeds)
         return xs, final
 
     def feature_vectors(self, trace: Trace, layer: int) -> torch.Tensor:
