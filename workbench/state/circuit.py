@@ -142,6 +142,8 @@ class CircuitState:
         self.node_threshold = 0.8
         self.edge_threshold = 0.98
         self.node: int | None = None
+        self.picked: list[int] = []
+        """nodes chosen for an intervention (ctrl-click adds)"""
         self.edits: list = []
         self.intervention = None
 
@@ -155,9 +157,10 @@ class CircuitState:
             self.engine = engine
         a = graph.adjacency.detach().float()
         self.influence = influence(normalize(a), graph.logit_weights()).numpy()
-        self.node, self.edits, self.intervention = None, [], None
+        self.node, self.picked, self.edits, self.intervention = None, [], [], None
+        self.pruned = live_prune(graph, self.influence, self.node_threshold, self.edge_threshold)
         self.graph_changed.emit()
-        self._prune()
+        self.pruned_changed.emit()
 
     def set_thresholds(self, node: float | None = None, edge: float | None = None) -> None:
         for name, v in (("node", node), ("edge", edge)):
@@ -173,8 +176,13 @@ class CircuitState:
                                  self.edge_threshold)
         self.pruned_changed.emit()
 
-    def select_node(self, i: int | None) -> None:
+    def select_node(self, i: int | None, add: bool = False) -> None:
+        """Click a node (its detail); with `add`, also pick it for an edit beside the others."""
         self.node = None if i is None else int(i)
+        if not add:
+            self.picked = []
+        if self.node is not None and self.node not in self.picked:
+            self.picked.append(self.node)
         self.node_changed.emit()
 
     # -- what the views show ----------------------------------------------------------------

@@ -9,71 +9,16 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import pyqtgraph as pg
-from PySide6.QtCore import QPointF, QRectF, Qt, QTimer
-from PySide6.QtGui import QColor, QCursor, QPainterPath, QPen
-from PySide6.QtWidgets import (QGraphicsPathItem, QGraphicsRectItem, QHBoxLayout, QLabel,
-                               QSizePolicy,
-                               QStackedLayout, QToolButton, QToolTip, QVBoxLayout, QWidget)
+from PySide6.QtCore import QRectF, Qt, QTimer
+from PySide6.QtGui import QCursor
+from PySide6.QtWidgets import (QHBoxLayout, QLabel, QSizePolicy, QStackedLayout, QToolButton,
+                               QToolTip, QVBoxLayout, QWidget)
 
 from ..state.cells import CellsState
 from . import raster
 from .icons import icon_later
 
-PAN, RECT, LASSO = "pan", "rect", "lasso"
-INK = "#333333"
-
-
-class SelectViewBox(pg.ViewBox):
-    """A ViewBox whose left drag pans, or draws a rectangle or lasso that selects cells."""
-
-    def __init__(self, on_rect, on_lasso, on_click):
-        super().__init__()
-        self.mode = PAN
-        self._on_rect, self._on_lasso, self._on_click = on_rect, on_lasso, on_click
-        self._path: list[QPointF] = []
-        pen = QPen(QColor(INK), 0, Qt.PenStyle.DashLine)
-        self._rect_item = QGraphicsRectItem()
-        self._lasso_item = QGraphicsPathItem()
-        for item in (self._rect_item, self._lasso_item):
-            item.setPen(pen)
-            item.setZValue(1e9)
-            item.hide()
-            self.addItem(item, ignoreBounds=True)
-
-    def mouseDragEvent(self, ev, axis=None):
-        shift = bool(ev.modifiers() & Qt.KeyboardModifier.ShiftModifier)
-        mode = RECT if (self.mode == PAN and shift) else self.mode
-        if mode == PAN or ev.button() != Qt.MouseButton.LeftButton:
-            return super().mouseDragEvent(ev, axis)
-        ev.accept()
-        p0, p = self.mapSceneToView(ev.buttonDownScenePos()), self.mapSceneToView(ev.scenePos())
-        if mode == RECT:
-            rect = QRectF(p0, p).normalized()
-            self._rect_item.setRect(rect)
-            self._rect_item.setVisible(not ev.isFinish())
-            if ev.isFinish():
-                self._on_rect(rect)
-            return
-        if ev.isStart():
-            self._path = [p0]
-        self._path.append(p)
-        path = QPainterPath(self._path[0])
-        for q in self._path[1:]:
-            path.lineTo(q)
-        path.closeSubpath()
-        self._lasso_item.setPath(path)
-        self._lasso_item.setVisible(not ev.isFinish())
-        if ev.isFinish():
-            self._on_lasso([(q.x(), q.y()) for q in self._path])
-
-    def mouseClickEvent(self, ev):
-        if ev.button() == Qt.MouseButton.LeftButton:
-            ev.accept()
-            p = self.mapSceneToView(ev.scenePos())
-            self._on_click(p.x(), p.y())
-        else:
-            super().mouseClickEvent(ev)
+PAN, RECT, LASSO, INK = "pan", "rect", "lasso", "#333333"  # as in .viewbox (pyqtgraph: later)
 
 
 class EmbeddingView(QWidget):
@@ -86,32 +31,16 @@ class EmbeddingView(QWidget):
         self._pal: raster.Palette | None = None
         self._winners: np.ndarray | None = None
         self._rendered_range = None
-        self.cmap_lut = pg.colormap.get("viridis").getLookupTable(0.0, 1.0, 256, alpha=True)
-
-        self.glw = pg.GraphicsLayoutWidget()
-        self.glw.setBackground("w")
-        self.vb = SelectViewBox(self._select_rect, self.state.select_polygon, self._click)
-        self.plot = self.glw.addPlot(row=0, col=0, viewBox=self.vb)
-        self.plot.setMenuEnabled(False)
-        for name in ("left", "bottom"):
-            ax = self.plot.getAxis(name)
-            ax.setPen(INK)
-            ax.setTextPen(INK)
-            ax.setStyle(showValues=False)
-            ax.setTicks([[], []])
-        self.image = pg.ImageItem(axisOrder="row-major")
-        self.plot.addItem(self.image)
-        self.legend = pg.LegendItem(labelTextColor=INK, labelTextSize="9pt", verSpacing=-6)
-        self.legend.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Fixed)
-        self.colour_bar: pg.ColorBarItem | None = None  # made at the first continuous colouring
-        self.title = self.plot.titleLabel
+        self.mode = PAN
+        # the plot is built with the first cells: pyqtgraph is not imported before the first paint
+        self.glw = self.vb = self.plot = self.image = self.legend = self.colour_bar = None
+        self.cmap_lut = None
 
         self.empty = QLabel("Drop an .h5ad file here\n\nor use File › Open data…")
         self.empty.setAlignment(Qt.AlignmentFlag.AlignCenter)
         self.empty.setStyleSheet("color: #888; font-size: 16pt;")
         self.stack = QStackedLayout()
         self.stack.addWidget(self.empty)
-        self.stack.addWidget(self.glw)
 
         bar = QHBoxLayout()
         bar.setContentsMargins(4, 2, 4, 0)
@@ -145,9 +74,6 @@ class EmbeddingView(QWidget):
 
         self._timer = QTimer(self, singleShot=True, interval=20)
         self._timer.timeout.connect(self.redraw)
-        self.vb.sigRangeChanged.connect(lambda *_: self._timer.start())
-        self.vb.sigResized.connect(lambda *_: self._timer.start())
-        self.glw.scene().sigMouseMoved.connect(self._hover)
 
         state.loaded.connect(self._on_loaded)
         state.embedding_changed.connect(self._on_loaded)
@@ -161,14 +87,46 @@ class EmbeddingView(QWidget):
         icon_later(b, icon_name)
         return b
 
+    def _ensure_plot(self) -> None:
+        if self.glw is not None:
+            return
+        import pyqtgraph as pg
+
+        from .viewbox import SelectViewBox
+
+        self.cmap_lut = pg.colormap.get("viridis").getLookupTable(0.0, 1.0, 256, alpha=True)
+        self.glw = pg.GraphicsLayoutWidget()
+        self.glw.setBackground("w")
+        self.vb = SelectViewBox(self._select_rect, self.state.select_polygon, self._click)
+        self.vb.mode = self.mode
+        self.plot = self.glw.addPlot(row=0, col=0, viewBox=self.vb)
+        self.plot.setMenuEnabled(False)
+        for name in ("left", "bottom"):
+            ax = self.plot.getAxis(name)
+            ax.setPen(INK)
+            ax.setTextPen(INK)
+            ax.setStyle(showValues=False)
+            ax.setTicks([[], []])
+        self.image = pg.ImageItem(axisOrder="row-major")
+        self.plot.addItem(self.image)
+        self.legend = pg.LegendItem(labelTextColor=INK, labelTextSize="9pt", verSpacing=-6)
+        self.legend.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Fixed)
+        self.stack.addWidget(self.glw)
+        self.vb.sigRangeChanged.connect(lambda *_: self._timer.start())
+        self.vb.sigResized.connect(lambda *_: self._timer.start())
+        self.glw.scene().sigMouseMoved.connect(self._hover)
+
     # -- state -> view ------------------------------------------------------------------------
     def _on_loaded(self) -> None:
         xy = self.state.coords
-        self.stack.setCurrentIndex(0 if xy is None else 1)
         self._fp = self._fp_key = self._pal = self._winners = None
         if xy is None:
-            self.image.clear()
+            self.stack.setCurrentWidget(self.empty)
+            if self.image is not None:
+                self.image.clear()
             return
+        self._ensure_plot()
+        self.stack.setCurrentWidget(self.glw)
         key = self.state.obsm_key or ""
         label = key[2:] if key.startswith("X_") else key
         label = label.upper() if label.lower() in ("umap", "pca", "tsne", "phate") else label
@@ -180,6 +138,8 @@ class EmbeddingView(QWidget):
 
     def _on_colour(self) -> None:
         self._pal = self._winners = None
+        if self.glw is None:
+            return
         self._update_key()
         self.redraw()
 
@@ -192,7 +152,7 @@ class EmbeddingView(QWidget):
 
     def reset_range(self) -> None:
         xy = self.state.coords
-        if xy is None or not len(xy):
+        if xy is None or not len(xy) or self.vb is None:
             return
         lo, hi = np.nanmin(xy, axis=0), np.nanmax(xy, axis=0)
         pad = np.maximum((hi - lo) * 0.04, 1e-6)
@@ -201,12 +161,16 @@ class EmbeddingView(QWidget):
                          yRange=(lo[1] - pad[1], hi[1] + pad[1]), padding=0)
 
     def set_mode(self, mode: str) -> None:
-        self.vb.mode = mode
+        self.mode = mode
+        if self.vb is not None:
+            self.vb.mode = mode
         self.mode_buttons[mode].setChecked(True)
 
     # -- legend and colour bar ----------------------------------------------------------------
     def _update_key(self) -> None:
         """Legend for categories, colour bar for values; built once, re-labelled per colouring."""
+        import pyqtgraph as pg
+
         c = self.state.colouring()
         self.legend.clear()
         if c.kind == "continuous" and self.colour_bar is None:
@@ -234,7 +198,7 @@ class EmbeddingView(QWidget):
                                             else Qt.AlignmentFlag.AlignVCenter)
 
     def legend_entries(self) -> list[str]:
-        return [label.text for _, label in self.legend.items]
+        return [] if self.legend is None else [label.text for _, label in self.legend.items]
 
     # -- drawing ------------------------------------------------------------------------------
     def pixel_size(self) -> tuple[int, int]:
@@ -243,7 +207,7 @@ class EmbeddingView(QWidget):
 
     def redraw(self) -> None:
         xy = self.state.coords
-        if xy is None:
+        if xy is None or self.glw is None:
             return
         (x0, x1), (y0, y1) = self.vb.viewRange()
         w, h = self.pixel_size()
@@ -260,7 +224,7 @@ class EmbeddingView(QWidget):
         self._rendered_range = (x0, x1, y0, y1, w, h)
 
     def rendered_image(self) -> np.ndarray | None:
-        return self.image.image
+        return None if self.image is None else self.image.image
 
     # -- cells under the mouse ----------------------------------------------------------------
     def cell_at(self, x: float, y: float, reach_px: int = 4) -> int | None:

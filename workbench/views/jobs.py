@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pyqtgraph as pg
 from PySide6.QtCore import Qt, QTimer
 from PySide6.QtWidgets import (QHeaderView, QLabel, QProgressBar, QSplitter, QTableWidget,
                                QTableWidgetItem, QToolButton, QVBoxLayout, QWidget)
@@ -35,23 +34,17 @@ class JobsPanel(QWidget):
         header = self.table.horizontalHeader()
         header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
         header.setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)
-        self.plots = pg.GraphicsLayoutWidget()
-        self.plots.setBackground("w")
-        self.curves: dict[str, pg.PlotDataItem] = {}  # the plots are made with the first job
+        self.plots = None  # made with the first job (pyqtgraph loads after start-up)
+        self.curves: dict = {}
         self.hint = QLabel("No jobs yet. UMAP, training and analysis jobs appear here with their "
                            "progress, time left, live loss / FVU / L0 / dead-fraction plots and "
                            "a Cancel button.")
         self.hint.setWordWrap(True)
         self.hint.setStyleSheet("color: #666; padding: 6px;")
-        self.plots.hide()
-        splitter = QSplitter(Qt.Orientation.Vertical)
+        self.splitter = splitter = QSplitter(Qt.Orientation.Vertical)
         splitter.addWidget(self.table)
         splitter.addWidget(self.hint)
-        splitter.addWidget(self.plots)
-        splitter.setStretchFactor(0, 1)
-        splitter.setStretchFactor(2, 3)  # the plots get most of the room once a job runs
         self.table.setMinimumHeight(70)
-        self.plots.setMinimumHeight(120)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
         lay.addWidget(splitter)
@@ -71,6 +64,14 @@ class JobsPanel(QWidget):
             self._add(j)
 
     def _make_plots(self) -> None:
+        import pyqtgraph as pg
+
+        self.plots = pg.GraphicsLayoutWidget()
+        self.plots.setBackground("w")
+        self.plots.setMinimumHeight(120)
+        self.splitter.addWidget(self.plots)
+        self.splitter.setStretchFactor(0, 1)
+        self.splitter.setStretchFactor(2, 3)  # the plots get most of the room once a job runs
         for i, name in enumerate(METRICS):
             p = self.plots.addPlot(row=0, col=i, title=name)
             p.titleLabel.setText(name, color="#333", size="9pt")
@@ -85,7 +86,6 @@ class JobsPanel(QWidget):
         if not self.curves:
             self._make_plots()
             self.hint.hide()
-            self.plots.show()
         r = self.table.rowCount()
         self.table.insertRow(r)
         self.rows.append(job)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import html
 
 import numpy as np
-import pyqtgraph as pg
 from PySide6.QtWidgets import QLabel, QScrollArea, QVBoxLayout, QWidget
 
 MAX_CHIPS = 120
@@ -24,7 +23,7 @@ class SentenceView(QWidget):
         lay.setContentsMargins(0, 0, 0, 0)
         lay.addWidget(self.header)
         lay.addWidget(scroll, 1)
-        self._cmap = pg.colormap.get("viridis")
+        self._cmap = None  # pyqtgraph's viridis, loaded with the first coloured sentence
         self.genes: list[str] = []
 
     def _clear(self) -> None:
@@ -59,6 +58,10 @@ class SentenceView(QWidget):
                                and gene in gene_values else ""))
             bg, fg = "#ececec", "#222"
             if gene_values and gene_values.get(gene, 0) > 0:
+                if self._cmap is None:
+                    import pyqtgraph as pg
+
+                    self._cmap = pg.colormap.get("viridis")
                 c = self._cmap.map(np.float32(gene_values[gene] / top), mode="qcolor")
                 bg = c.name()
                 fg = "#fff" if c.lightnessF() < 0.55 else "#222"

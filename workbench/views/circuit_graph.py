@@ -1,0 +1,138 @@
+"""The attribution graph drawn in layers: genes at the bottom, features by layer, logits on top.
+
+Edges are drawn by six items in all (positive / negative × three width buckets), each one
+`PlotCurveItem` with a `connect="pairs"` array, so thousands of edges redraw in milliseconds.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyqtgraph as pg
+
+from ..state.circuit import CircuitState
+
+POSITIVE, NEGATIVE = "#d6604d", "#4393c3"  # red / blue of a diverging map
+WIDTHS = (0.6, 1.6, 3.2)
+KIND_BRUSH = {"feature": "#f4a582", "error": "#bababa", "input": "#92c5de", "logit": "#1b7837"}
+KIND_SYMBOL = {"feature": "o", "error": "s", "input": "t1", "logit": "d"}
+N_LABELS = 24  # nodes named on the graph, most influential first
+
+
+def layout(state: CircuitState) -> np.ndarray:
+    """[N, 2] positions of every node: x by token position, y by layer (inputs -1)."""
+    g = state.graph
+    xy = np.zeros((g.n_nodes, 2), dtype=np.float64)
+    for i in range(g.n_nodes):
+        layer, pos = g.layer_pos(i)
+        xy[i] = (pos, layer + 1)
+    for j, positions in enumerate(g.input_positions):
+        xy[g.input_start + j, 0] = float(np.mean(positions))
+    xy[g.logit_start:, 0] = (g.n_pos - 1) + np.arange(g.n_logits) * 2.0
+    # features sharing a layer and position fan out within their column
+    f = g.features
+    if len(f):
+        keys = f[:, 0] * (g.n_pos + 1) + f[:, 1]
+        for key in np.unique(keys):
+            idx = np.flatnonzero(keys == key)
+            if len(idx) > 1:
+                xy[idx, 0] += np.linspace(-0.35, 0.35, len(idx))
+                xy[idx, 1] += np.linspace(-0.2, 0.2, len(idx))
+    return xy
+
+
+class GraphItems:
+    """The pyqtgraph items of one circuit inside a ViewBox, redrawn from the state."""
+
+    def __init__(self, view: pg.ViewBox, state: CircuitState):
+        self.view, self.state = view, state
+        self.edges = {}
+        for sign, colour in ((1, POSITIVE), (-1, NEGATIVE)):
+            for b, w in enumerate(WIDTHS):
+                item = pg.PlotCurveItem(pen=pg.mkPen(colour, width=w), antialias=False)
+                item.setZValue(-10)
+                view.addItem(item)
+                self.edges[sign, b] = item
+        self.highlight = pg.PlotCurveItem(pen=pg.mkPen("#222222", width=2.5))
+        self.highlight.setZValue(-5)
+        view.addItem(self.highlight)
+        self.nodes = pg.ScatterPlotItem(pxMode=True, hoverable=True)
+        view.addItem(self.nodes)
+        self.labels: list[pg.TextItem] = []
+        self.xy = np.zeros((0, 2))
+        self.node_ids = np.zeros(0, dtype=np.int64)
+        self.drawn_edges = (np.zeros(0, int), np.zeros(0, int), np.zeros(0))
+        self._fit = False
+
+    def set_graph(self) -> None:
+        """A new graph: lay it out; the pruning that follows draws it."""
+        self.xy = layout(self.state)
+        self._fit = True
+
+    def redraw(self) -> None:
+        self._draw()
+        if self._fit:
+            self._fit = False
+            self.view.autoRange(padding=0.05)
+
+    def _draw(self) -> None:
+        st, g = self.state, self.state.graph
+        nodes = st.pruned.nodes
+        self.node_ids = nodes
+        infl = st.influence[nodes]
+        top = max(float(infl.max()), 1e-12) if len(infl) else 1.0
+        sizes = 7 + 18 * np.sqrt(np.clip(infl / top, 0, 1))
+        kinds = [g.kind(int(i)) for i in nodes]
+        self.nodes.setData(pos=self.xy[nodes], size=sizes, data=nodes,
+                           brush=[pg.mkBrush(KIND_BRUSH[k]) for k in kinds],
+                           symbol=[KIND_SYMBOL[k] for k in kinds],
+                           pen=pg.mkPen("#444444", width=0.8))
+        s, t, w = st.edge_arrays()
+        self.drawn_edges = (s, t, w)
+        mag = np.abs(w)
+        cut = np.quantile(mag, [0.5, 0.9]) if len(mag) else np.zeros(2)
+        bucket = np.searchsorted(cut, mag)
+        for (sign, b), item in self.edges.items():
+            sel = ((w > 0) if sign > 0 else (w <= 0)) & (bucket == b)
+            self._set_pairs(item, s[sel], t[sel])
+        self.highlight.setData([], [])
+        self._label(nodes, infl)
+
+    def _set_pairs(self, item, s, t) -> None:
+        xs = np.empty(2 * len(s))
+        ys = np.empty(2 * len(s))
+        xs[0::2], xs[1::2] = self.xy[s, 0], self.xy[t, 0]
+        ys[0::2], ys[1::2] = self.xy[s, 1], self.xy[t, 1]
+        item.setData(xs, ys, connect="pairs")
+
+    def _label(self, nodes, infl) -> None:
+        g = self.state.graph
+        for item in self.labels:
+            self.view.removeItem(item)
+        self.labels = []
+        named = [int(i) for i in nodes if g.kind(int(i)) == "logit"]
+        named += [int(nodes[j]) for j in np.argsort(-infl)
+                  if g.kind(int(nodes[j])) != "logit"][:N_LABELS]
+        for i in named:
+            kind = g.kind(i)
+            item = pg.TextItem(g.label(i).strip(), color="#222222",
+                               anchor=(0.5, 1.6) if kind != "input" else (0.5, -0.4))
+            item.setPos(*self.xy[i])
+            self.view.addItem(item)
+            self.labels.append(item)
+
+    def show_paths(self, i: int | None) -> None:
+        """Highlight the edges on the paths through node i (upstream and downstream)."""
+        if i is None:
+            self.highlight.setData([], [])
+            return
+        up, down = self.state.neighbourhood(i)
+        on = np.zeros(self.state.graph.n_nodes, dtype=bool)
+        on[up] = on[down] = on[i] = True
+        s, t, _ = self.drawn_edges
+        sel = on[s] & on[t] & ((np.isin(t, up) | (t == i)) & (np.isin(s, up) | (s == i))
+                               | (np.isin(s, down) | (s == i)) & (np.isin(t, down) | (t == i)))
+        self._set_pairs(self.highlight, s[sel], t[sel])
+
+    def node_at(self, scene_pos) -> int | None:
+        pts = self.nodes.pointsAt(self.nodes.mapFromScene(scene_pos))
+        return int(pts[0].data()) if len(pts) else None
