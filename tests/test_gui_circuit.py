@@ -1,0 +1,201 @@
+"""The Circuit panel on the demo workspace: build, live pruning, node detail, edits, exports."""
+
+from __future__ import annotations
+
+import json
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+from PySide6.QtCore import QCoreApplication
+
+import biollm_engine.circuits as circuits
+from biollm_engine.circuits import Edit, intervene, prune
+from biollm_engine.inputs.cells import CellDataset, CellSentenceConfig
+from workbench.state.session import Session
+
+from test_circuits_export import Link, Model
+
+DEMO = Path(__file__).resolve().parents[1] / "resources" / "demo"
+TOP_GENES, MAX_FEATURES = 10, 30
+
+
+def wait_for(job, timeout: float = 120.0) -> None:
+    end = time.monotonic() + timeout
+    while job.active and time.monotonic() < end:
+        QCoreApplication.processEvents()
+        time.sleep(0.01)
+    QCoreApplication.processEvents()
+    assert not job.active, "job did not finish"
+
+
+@pytest.fixture(scope="module")
+def built(qapp):
+    """The panel with one cell's circuit built through a real job; attribute() calls counted."""
+    from workbench.jobs import JobRunner
+    from workbench.views.circuit import CircuitPanel
+
+    calls = []
+    real = circuits.attribute
+
+    def counted(*a, **kw):
+        calls.append(1)
+        return real(*a, **kw)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(circuits, "attribute", counted)
+        session = Session()
+        session.open_workspace(DEMO)
+        path = DEMO / "cells.h5ad"
+        session.cells.set_data(ad.read_h5ad(path), path)
+        runner = JobRunner(session.jobs)
+        panel = CircuitPanel(session, lambda: runner, top_genes=TOP_GENES,
+                             max_features=MAX_FEATURES)
+        panel.resize(900, 900)
+        panel.show()
+        cell = int(np.flatnonzero(session.cells.adata.obs["bulk_labels"] == "CD19+ B")[0])
+        session.cells.set_current(cell)
+        job = panel.explain_cell()
+        wait_for(job)
+        assert job.error == "" and panel.state.graph is not None
+        yield {"panel": panel, "calls": calls, "cell": cell, "runner": runner}
+        panel.close()
+
+
+def drawn_edges(panel) -> set[tuple[int, int]]:
+    s, t, _ = panel.items.drawn_edges
+    return set(zip(s.tolist(), t.tolist()))
+
+
+def drawn_segments(panel) -> int:
+    return sum(len(item.xData) // 2 for item in panel.items.edges.values()
+               if item.xData is not None)
+
+
+def test_build_draws_the_engines_pruned_graph(built):
+    panel = built["panel"]
+    g = panel.state.graph
+    assert built["calls"] == [1]
+    assert g.meta["cell"] == built["cell"]
+    engine = prune(g, 0.8, 0.98)
+    drawn_nodes = sorted(int(p.data()) for p in panel.items.nodes.points())
+    assert drawn_nodes == engine.nodes.tolist()
+    assert drawn_edges(panel) == {(s, t) for s, t, _ in engine.edges()}
+    assert drawn_segments(panel) == len(engine.edges()) > 0
+    # genes of the cell are single input nodes, however many tokens each has
+    labels = [lab.strip() for lab in g.input_labels]
+    with CellDataset(DEMO / "cells.h5ad", CellSentenceConfig(top_k=TOP_GENES)) as ds:
+        sentence = [x.upper() for x in ds.sentence(built["cell"])]
+    assert [lab for lab in labels if lab.upper() in sentence] == sentence
+    assert "features" in panel.summary.text() and g.logit_labels[0].strip() in panel.summary.text()
+
+
+def test_threshold_prunes_live_without_recomputing(built):
+    panel = built["panel"]
+    g = panel.state.graph
+    before = drawn_edges(panel)
+    for node_t, edge_t in ((0.5, 0.98), (0.95, 0.9), (0.8, 0.98)):
+        panel.node_slider.setValue(node_t)
+        panel.edge_slider.setValue(edge_t)
+        engine = prune(g, node_t, edge_t)
+        assert sorted(int(p.data()) for p in panel.items.nodes.points()) == engine.nodes.tolist()
+        assert drawn_edges(panel) == {(s, t) for s, t, _ in engine.edges()}
+        if node_t == 0.5:
+            assert drawn_edges(panel) != before
+    assert drawn_edges(panel) == before
+    assert built["calls"] == [1]
+
+
+def test_click_a_node_shows_its_detail(built):
+    panel = built["panel"]
+    st, g = panel.state, panel.state.graph
+    points = {int(p.data()): p for p in panel.items.nodes.points()}
+    feature = next(i for i in st.pruned.nodes if g.kind(int(i)) == "feature")
+    panel.items.nodes.sigClicked.emit(panel.items.nodes, [points[int(feature)]], None)
+    text = panel.detail.text()
+    layer, pos = g.layer_pos(int(feature))
+    assert st.node == feature
+    assert f"layer {layer} transcoder, feature {int(g.features[feature, 2])}" in text
+    assert f"position {pos}" in text
+    with CellDataset(DEMO / "cells.h5ad", CellSentenceConfig(top_k=TOP_GENES)) as ds:
+        sentence = [x.upper() for x in ds.sentence(built["cell"])]
+    gene = sentence[2]
+    node = g.input_start + [lab.strip().upper() for lab in g.input_labels].index(gene)
+    panel.items.nodes.sigClicked.emit(panel.items.nodes, [points[node]], None)
+    assert f"expression rank 3 of {len(sentence)}" in panel.detail.text()
+    # hovering a node highlights the edges on its paths, all of them drawn edges
+    panel.items.show_paths(int(feature))
+    hx = panel.items.highlight.xData
+    assert hx is not None and len(hx) > 0
+    panel.items.show_paths(None)
+
+
+def test_ablation_changes_the_logit_as_the_engine_computes(built):
+    panel = built["panel"]
+    st, g = panel.state, panel.state.graph
+    row = g.adjacency[g.logit_start, : g.n_features].abs()
+    top = int(row.argmax())
+    st.select_node(top)
+    r = panel.edit_picked()
+    layer, pos, feat = (int(v) for v in g.features[top])
+    direct = intervene(st.engine.rm, g.input_ids, [Edit(layer, pos, feat, "ablate")],
+                       target=int(g.logit_ids[0]))
+    assert r.target_logit_after == pytest.approx(direct.target_logit_after, abs=1e-5)
+    assert r.target_logit_change != 0
+    # in the frozen replacement model the change is the feature's direct edge to the logit
+    frozen = panel.edit_picked(frozen=True)
+    assert frozen.target_logit_change == pytest.approx(
+        -float(g.adjacency[g.logit_start, top]), abs=1e-4)
+    assert len(r.labels) == 10 and "target logit" in panel.result.text()
+    assert len(panel.bars.listDataItems()) + len(panel.bars.getPlotItem().items) > 0
+
+
+def test_edit_selected_cells_counts_changed_predictions(built):
+    panel = built["panel"]
+    st, cells = panel.state, panel.session.cells
+    row = st.graph.adjacency[st.graph.logit_start, : st.graph.n_features].abs()
+    st.select_node(int(row.argmax()))
+    panel.mode.setCurrentText("scale")
+    panel.value.setValue(20.0)
+    cells.select(np.arange(4))
+    job = panel.edit_selected_cells()
+    wait_for(job)
+    before_after = job.result
+    changed = int((before_after[:, 0] != before_after[:, 1]).sum())
+    assert f"<b>{changed}</b> of 4 selected cells" in panel.result.text()
+    marks = cells.values["changed by the circuit edit"]
+    assert int(marks.sum()) == changed and marks[4:].sum() == 0
+    panel.mode.setCurrentText("ablate")
+    panel.value.setValue(0.0)
+
+
+def test_exports_are_valid_files(built, tmp_path):
+    panel = built["panel"]
+    for suffix, magic in ((".png", b"\x89PNG\r\n\x1a\n"), (".pdf", b"%PDF")):
+        out = panel.export_figure(tmp_path / f"circuit{suffix}", 600)
+        assert out.read_bytes().startswith(magic)
+    svg = panel.export_figure(tmp_path / "circuit.svg", 600)
+    assert ET.parse(svg).getroot().tag.endswith("svg")
+    data = json.loads(panel.state.export_json(tmp_path / "circuit.json").read_text())
+    model = Model.model_validate(data)
+    for link in model.links:
+        Link.model_validate(link)
+    assert len(model.links) == int(panel.state.pruned.edge_mask.sum())
+    nodes, edges = panel.state.export_csv(tmp_path / "c_")
+    assert len(pd.read_csv(edges)) == len(model.links)
+    assert len(pd.read_csv(nodes)) == len(panel.state.pruned.nodes)
+    st = panel.state
+    st.select_node(int(st.graph.adjacency[st.graph.logit_start, : st.graph.n_features]
+                       .abs().argmax()))
+    panel.edit_picked()
+    from workbench.views.export import export_table
+
+    table = pd.read_csv(export_table(st.intervention_table(), tmp_path / "edit.csv"))
+    assert list(table.columns) == ["cell_type", "probability_before", "probability_after",
+                                   "change"]
+    assert table["change"].to_numpy() == pytest.approx(
+        (table["probability_after"] - table["probability_before"]).to_numpy(), abs=1e-6)
