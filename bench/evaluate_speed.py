@@ -87,8 +87,9 @@ def main() -> None:
                 job()
                 times[k].append(time.perf_counter() - t)
     base = statistics.median(times["forward"])
-    print(f"{source}; {args.cells} cells, 200-gene prompts ({sum(map(len, prompts)) // len(prompts)}"
-          f" tokens on average), batch {args.batch_size}, {args.threads} thread(s), "
+    mean_tokens = sum(map(len, prompts)) // len(prompts)
+    print(f"{source}; {args.cells} cells, 200-gene prompts ({mean_tokens} tokens on average)"
+          f", batch {args.batch_size}, {args.threads} thread(s), "
           f"median of {args.rounds} rounds")
     for k, ts in times.items():
         med = statistics.median(ts)

@@ -151,8 +151,8 @@ def test_cli_json_predictions_and_errors(tiny_model_dirs, pbmc_h5ad, tmp_path, c
     out = tmp_path / "pred.csv"
     base = ["evaluate", "--model", model, "--data", str(pbmc_h5ad), "--obs-key", LABEL,
             "--data-option", "top_k=8", "--cells", "6", "--device", "cpu"]
-    assert main(base + ["--format", "choice", "--choice-scoring", "letter", "--dicts", str(sae), "--json",
-                        "--predictions", str(out)]) == 0
+    assert main(base + ["--format", "choice", "--choice-scoring", "letter", "--dicts", str(sae),
+                        "--json", "--predictions", str(out)]) == 0
     s = json.loads(capsys.readouterr().out)
     assert {"accuracy", "macro_f1", "baseline_majority", "baseline_chance", "per_type",
             "confusion", "n_cells", "spliced_accuracy", "changed_fraction",
