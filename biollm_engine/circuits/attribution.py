@@ -190,7 +190,8 @@ def attribute(lm, transcoders, prompt: str | None = None, *, input_ids=None, tar
     n_rows = min(max_features, n_active)
     tracker = ProgressTracker("circuit", total=1 + -(-n_rows // batch_size) + 1,
                               callback=progress, cancel=cancel)
-    rows_engine = _Rows(rm, trace, batch_size)
+    # The replay holds one copy of the prompt per row of a batch; no more than will be used.
+    rows_engine = _Rows(rm, trace, min(batch_size, max(K, n_rows, 1)))
     tracker.update(message="forward pass")
     n_cols = rows_engine.n_cols
     feat_layer = np.concatenate([np.full(len(lt.positions), i) for i, lt in enumerate(trace.layers)]
@@ -240,9 +241,10 @@ def attribute(lm, transcoders, prompt: str | None = None, *, input_ids=None, tar
     acts = torch.cat([lt.activations for lt in trace.layers]).cpu().numpy()
     pre = torch.cat([lt.preactivations for lt in trace.layers]).cpu().numpy()
     final = trace.final[-1].float()
-    logit_values = (unembed[torch.as_tensor(logit_ids)] @ final)
+    lids = torch.as_tensor(logit_ids)
+    logit_values = unembed[lids] @ final
     if rm.unembed.bias is not None:
-        logit_values = logit_values + rm.unembed.bias.float()[torch.as_tensor(logit_ids)]
+        logit_values = logit_values + rm.unembed.bias.detach().float()[lids]
     tokens = [tok.decode([int(t)]) for t in input_ids]
     graph = Graph(
         prompt=prompt_text or "", input_ids=input_ids.numpy().astype(np.int64), tokens=tokens,
@@ -308,6 +310,6 @@ def _assemble(rm, trace, rows, row_nodes, selected, feat_layer, feat_pos, feat_i
     unembed = rm.unembed.weight.detach().float()[torch.as_tensor(logit_ids)]
     const = unembed @ final0[-1]
     if rm.unembed.bias is not None:
-        const = const + rm.unembed.bias.float()[torch.as_tensor(logit_ids)]
+        const = const + rm.unembed.bias.detach().float()[torch.as_tensor(logit_ids)]
     bias[N - K:] = const.cpu().numpy()
     return adjacency, bias
