@@ -1,0 +1,99 @@
+"""The Evaluate panel on the demo workspace: metrics equal direct counts, cells marked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+
+from workbench.state.session import Session
+
+from test_gui_circuit import wait_for
+
+DEMO = Path(__file__).resolve().parents[1] / "resources" / "demo"
+
+
+@pytest.fixture(scope="module")
+def evaluated(qapp):
+    from workbench.jobs import JobRunner
+    from workbench.views.evaluate import EvaluatePanel
+
+    session = Session()
+    session.open_workspace(DEMO)
+    path = DEMO / "cells.h5ad"
+    session.cells.set_data(ad.read_h5ad(path), path)
+    runner = JobRunner(session.jobs)
+    panel = EvaluatePanel(session, lambda: runner)
+    panel.show()
+    panel.format.setCurrentText("choice")
+    panel.which.addItem("16")
+    panel.which.setCurrentText("16")
+    sae = next(i for i in range(panel.splice.count())
+               if "sae" in str(panel.splice.itemData(i) or ""))
+    panel.splice.setCurrentIndex(sae)
+    job = panel.run()
+    wait_for(job, 300)
+    assert job.error == "", job.error
+    yield panel
+    panel.close()
+
+
+def test_accuracy_equals_a_direct_count(evaluated):
+    st = evaluated.state
+    r, s = st.result, st.summary
+    assert r.n_cells == 16 and len(st.rows) == 16
+    obs = evaluated.cells.adata.obs
+    truth = obs["bulk_labels"].astype(str).to_numpy()[st.rows]
+    assert list(truth) == list(r.truth)
+    correct = sum(t == p for t, p in zip(truth, r.predictions))
+    assert s["accuracy"] == pytest.approx(correct / 16)
+    assert f"accuracy <b>{s['accuracy']:.3f}</b>" in evaluated.summary.text()
+    # the heatmap is the confusion matrix counted from the predictions
+    img = evaluated.heat.image
+    labels, predicted = s["confusion"]["labels"], s["confusion"]["predicted"]
+    counted = np.zeros((len(labels), len(predicted)))
+    for t, p in zip(r.truth, r.predictions):
+        counted[labels.index(t), predicted.index(p)] += 1
+    np.testing.assert_array_equal(img, counted)
+    # bars: per-type accuracy from the same counts
+    names, acc = st.per_type_accuracy()
+    for name, a in zip(names, acc):
+        rows = [i for i, t in enumerate(r.truth) if t == name]
+        assert a == pytest.approx(np.mean([r.predictions[i] == name for i in rows]))
+    np.testing.assert_allclose(evaluated.bars.opts["height"], acc)
+
+
+def test_wrong_and_changed_cells_are_marked_on_the_embedding(evaluated):
+    st, cells = evaluated.state, evaluated.cells
+    r = st.result
+    wrong = evaluated.mark("wrong")
+    expected = sorted(st.rows[[t != p for t, p in zip(r.truth, r.predictions)]].tolist())
+    assert cells.selection.tolist() == expected == sorted(wrong.tolist())
+    marks = cells.values["wrong prediction (evaluation)"]
+    assert set(np.flatnonzero(marks == 1.0)) == set(expected)
+    changed = evaluated.mark("changed")
+    assert r.spliced_predictions is not None
+    n_changed = sum(a != b for a, b in zip(r.predictions, r.spliced_predictions))
+    assert len(changed) == n_changed
+    assert st.summary["changed_fraction"] == pytest.approx(n_changed / 16)
+
+
+def test_evaluation_exports_as_csv(evaluated, tmp_path):
+    from workbench.views.export import export_table
+
+    df = pd.read_csv(export_table(evaluated.state.table(), tmp_path / "eval.csv"))
+    assert len(df) == 16
+    assert df["correct"].mean() == pytest.approx(evaluated.state.summary["accuracy"])
+    assert (df["row"].to_numpy() == evaluated.state.rows).all()
+
+
+def test_bad_request_is_one_line_in_the_panel(qapp):
+    from workbench.views.evaluate import EvaluatePanel
+
+    panel = EvaluatePanel(Session(), lambda: None)
+    assert panel.run() is None
+    assert "Open cells" in panel.summary.text()
+    assert panel.mark("wrong") is None
