@@ -107,43 +107,71 @@ def _group_reduce(group: np.ndarray, col: np.ndarray, vals: np.ndarray, F: int
 
 
 class _SparseSum:
-    """Running per-unit sums and fire counts (units x features CSR), summed in batches."""
+    """Running per-unit activation sums and fire counts (units x features CSR).
+
+    Token rows are buffered and grouped by unit in one sparse product per batch: the product's
+    row-wise dense accumulator is linear and cache-friendly, where scattering into a units x
+    features array or sorting combined keys is not. The data are complex, activation + 1j, so
+    one product sums activations (real part) and counts fires (imaginary part) together.
+    """
+
+    BATCH = 1 << 22  # buffered non-zeros per product
 
     def __init__(self, num_features: int):
         self.F = num_features
-        self.parts: list[tuple[sp.csr_matrix, sp.csr_matrix]] = []
-        self.pending = 0
-        self.held = 0
+        self.rows: list[tuple[np.ndarray, sp.csr_matrix]] = []
+        self.buffered = 0
+        self.total: sp.csr_matrix | None = None
 
     def add(self, unit: np.ndarray, acts: sp.csr_matrix) -> None:
-        # grouping token rows by unit is a sparse product with the unit indicator (C speed)
-        n_units = int(unit.max()) + 1
-        ind = sp.csr_matrix((np.ones(len(unit)), (unit, np.arange(len(unit)))),
-                            shape=(n_units, len(unit)))
-        fired = sp.csr_matrix((np.ones(acts.nnz), acts.indices, acts.indptr), shape=acts.shape)
-        self.parts.append((ind @ acts.astype(np.float64), ind @ fired))
-        self.pending += self.parts[-1][0].nnz
-        if self.pending > max(self.held, 1 << 22):
-            self.compact()
+        self.rows.append((unit, acts))
+        self.buffered += acts.nnz
+        if self.buffered >= self.BATCH:
+            self._flush()
 
-    def merge(self, other) -> None:
-        self.parts.append(other.compact())
-        self.compact()
+    def _flush(self) -> None:
+        if not self.rows:
+            return
+        unit = np.concatenate([u for u, _ in self.rows])
+        acts = sp.vstack([a for _, a in self.rows], format="csr")
+        self.rows, self.buffered = [], 0
+        ind = sp.csr_matrix((np.ones(len(unit), np.complex128), (unit, np.arange(len(unit)))),
+                            shape=(int(unit.max()) + 1, len(unit)))
+        data = acts.data.astype(np.complex128)
+        data.imag = 1.0
+        self._add_total(ind @ sp.csr_matrix((data, acts.indices, acts.indptr), shape=acts.shape))
+
+    def _add_total(self, m: sp.csr_matrix) -> None:
+        if self.total is None:
+            self.total = m
+            return
+        n = max(self.total.shape[0], m.shape[0])
+        self.total = _pad_rows(self.total, n) + _pad_rows(m, n)
+
+    def merge(self, other: "_SparseSum") -> None:
+        other._flush()
+        if other.total is not None:
+            self._flush()
+            self._add_total(other.total)
 
     def compact(self, n_units: int = 0) -> tuple[sp.csr_matrix, sp.csr_matrix]:
-        n = max([n_units] + [m.shape[0] for m, _ in self.parts])
-        out = []
-        for k in range(2):
-            coo = [self.parts[i][k].tocoo() for i in range(len(self.parts))]
-            cat = [np.concatenate([getattr(c, a) for c in coo]) if coo else np.zeros(0)
-                   for a in ("data", "row", "col")]
-            m = sp.csr_matrix((cat[0], (cat[1].astype(np.int64), cat[2].astype(np.int64))),
-                              shape=(n, self.F))
-            m.sum_duplicates()
-            out.append(m)
-        self.parts = [tuple(out)]
-        self.pending, self.held = 0, out[0].nnz
-        return out[0], out[1]
+        self._flush()
+        n = max(n_units, 0 if self.total is None else self.total.shape[0])
+        total = _pad_rows(self.total if self.total is not None
+                          else sp.csr_matrix((0, self.F), dtype=np.complex128), n)
+        total.sort_indices()
+        self.total = total
+        structure = (total.indices.copy(), total.indptr.copy())
+        return (sp.csr_matrix((total.data.real.copy(), *structure), shape=total.shape),
+                sp.csr_matrix((total.data.imag.astype(np.int64), total.indices, total.indptr),
+                              shape=total.shape))
+
+
+def _pad_rows(m: sp.csr_matrix, n: int) -> sp.csr_matrix:
+    if m.shape[0] == n:
+        return m
+    indptr = np.concatenate([m.indptr, np.full(n - m.shape[0], m.indptr[-1], m.indptr.dtype)])
+    return sp.csr_matrix((m.data, m.indices, indptr), shape=(n, m.shape[1]))
 
 
 def _counts_add(counts: np.ndarray, idx: np.ndarray) -> np.ndarray:
@@ -232,7 +260,8 @@ class FeatureStats:
         self.hist += np.bincount(cols * NUM_BINS + hist_bins(vals),
                                  minlength=F * NUM_BINS).reshape(F, NUM_BINS)
         self.act_sum += np.bincount(cols, weights=vals, minlength=F)
-        np.maximum.at(self.act_max, cols, vals)
+        if self.top.k == 0:  # otherwise the max is the head of the top list
+            np.maximum.at(self.act_max, cols, vals)
         self.top.push(cols, vals, rows + chunk.start)
 
         on_unit = self._count_tokens(src)
@@ -312,10 +341,12 @@ class FeatureStats:
         n_units = max(num_units or 0, len(self.unit_tokens))
         unit_tokens = np.zeros(n_units, np.int64)
         unit_tokens[: len(self.unit_tokens)] = self.unit_tokens
-        unit_sum, fires = self.units.compact(n_units)
-        unit_fires = fires.astype(np.int64)
+        unit_sum, unit_fires = self.units.compact(n_units)
+        act_max = self.act_max.copy()
+        if self.top.k:
+            np.maximum(act_max, self.top.values[:, 0], out=act_max)
         return FeatureStatsResult(
-            self.num_tokens, self.hist.sum(axis=1), self.act_sum.copy(), self.act_max.copy(),
+            self.num_tokens, self.hist.sum(axis=1), self.act_sum.copy(), act_max,
             self.hist.copy(), self.top.values.copy(), self.top.ids.copy(), cell_max, cell_mean,
             cell_tokens, unit_sum, unit_fires, unit_tokens)
 
