@@ -200,3 +200,20 @@ def test_demo_heldout_accuracy_is_a_direct_count_and_the_recorded_one(tmp_path, 
     assert s["accuracy"] == pytest.approx(report["heldout_accuracy_unrestricted"],
                                           abs=1.01 / len(rows))
     assert s["accuracy"] > s["baseline_majority"]
+
+
+def test_progress_reaches_every_cell_and_cancel_stops(lm, cells):
+    from biollm_engine.progress import Cancelled, CancelToken
+
+    seen = []
+    cfg = EvaluateConfig(format="choice", choice_scoring="letter", cells="6", batch_size=2)
+    evaluate(lm, cells, LABEL, cfg, progress=seen.append)
+    assert seen[-1].step == seen[-1].total == 6
+
+    token = CancelToken()
+
+    def cancel_after_first(p):
+        token.cancel()
+
+    with pytest.raises(Cancelled):
+        evaluate(lm, cells, LABEL, cfg, progress=cancel_after_first, cancel=token)
