@@ -1,76 +1,226 @@
-"""Per-base activation tracks of chosen features along DNA records, and a bedGraph writer.
+"""Per-base activation tracks of chosen features along DNA records, and bedGraph output.
 
-For DNA a token's `unit` is the position of its first base in the record. A token covers
-`span` bases (1 for byte-level models; the token's length for k-mer / BPE tokenizers). A base's
-value is the max over the tokens covering it, so overlapping windows of one record merge.
+A token's `unit` is the lowest forward-strand base it covers and its `record` the window it was
+read in (`DnaDataset.windows_table()` maps windows to sequence records). A token covers `span`
+bases (1 for byte-level models; the token's length for k-mer / BPE tokenizers). A base's value
+is the max over the tokens covering it, so overlapping windows (and both strands) merge into one
+value per base. `stream_tracks` does this in bounded memory for windows in file order.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
+import pandas as pd
 
 from ..errors import BioLLMError
 from ..fileio import atomic_path
 from .chunks import EncodedChunk
 
+ZERO_BLOCK = 1 << 20  # bases per block when a stretch without activity is flushed
+
+
+def token_spans(tokenizer) -> np.ndarray:
+    """Bases each token id covers: its string's length without word markers (0 for specials)."""
+    n = len(tokenizer)
+    special = set(getattr(tokenizer, "all_special_ids", []))
+    tokens = tokenizer.convert_ids_to_tokens(list(range(n)))
+    out = np.zeros(n, dtype=np.int64)
+    for i, t in enumerate(tokens):
+        if i not in special and t:
+            out[i] = len(t.replace("\u0120", "").replace("##", "").replace("\u2581", ""))
+    return out
+
+
+def _active(chunk: EncodedChunk, feats: np.ndarray, span: np.ndarray | None):
+    """(feature row, first base, width, value, window) of the chunk's nonzero activations."""
+    if len(feats) and feats.max() >= chunk.acts.shape[1]:
+        raise BioLLMError(f"feature {int(feats.max())} is out of range; the dictionary has "
+                          f"{chunk.acts.shape[1]} features.")
+    sub = chunk.acts[:, feats].tocoo()
+    src = chunk.sources
+    start = src.unit[sub.row]
+    width = np.ones(len(start), np.int64) if span is None else \
+        np.asarray(span)[src.token_id[sub.row]].astype(np.int64)
+    ok = (start >= 0) & (width > 0)
+    return sub.col[ok], start[ok], width[ok], sub.data[ok], src.record[sub.row][ok]
+
+
+def _expand(f, s, w, v):
+    """Each token's entry repeated over the bases it covers: (feature row, base, value)."""
+    rep = np.repeat(np.arange(len(s)), w)
+    base = s[rep] + (np.arange(len(rep)) - np.repeat(np.cumsum(w) - w, w))
+    return f[rep], base, v[rep]
+
 
 def base_tracks(chunks: Iterable[EncodedChunk], features: Sequence[int],
                 record_lengths: dict[int, int] | Sequence[int],
-                span: np.ndarray | None = None) -> dict[int, np.ndarray]:
-    """Return {record: float32 [len(features), record length]} (zeros where nothing fired).
+                span: np.ndarray | None = None,
+                windows: pd.DataFrame | None = None) -> dict[int, np.ndarray]:
+    """Return {record: float32 [len(features), record length]} (zeros where nothing fired), all
+    in memory (see `stream_tracks` for long records).
 
-    `span` maps a token id to the number of bases it covers (default 1 for every token).
+    `span` maps a token id to the bases it covers (default 1). `windows` is the data set's
+    `windows_table()`, mapping each token's window to its sequence record; without it a token's
+    `record` is taken to be the sequence record itself.
     """
     feats = np.asarray(features, dtype=np.int64)
     lengths = dict(enumerate(record_lengths)) if not isinstance(record_lengths, dict) \
         else record_lengths
+    to_record = None if windows is None else windows["record"].to_numpy()
     tracks = {r: np.zeros((len(feats), int(n)), np.float32) for r, n in lengths.items()}
     for chunk in chunks:
-        if len(feats) and feats.max() >= chunk.acts.shape[1]:
-            raise BioLLMError(f"feature {int(feats.max())} is out of range; the dictionary has "
-                              f"{chunk.acts.shape[1]} features.")
-        sub = chunk.acts[:, feats].tocoo()
-        src = chunk.sources
-        rec = src.record[sub.row]
-        start = src.unit[sub.row]
-        width = np.ones(len(rec), np.int64) if span is None else \
-            np.asarray(span)[src.token_id[sub.row]].astype(np.int64)
-        ok = start >= 0
-        for r in np.unique(rec[ok]):
+        f, s, w, v, win = _active(chunk, feats, span)
+        rec = win if to_record is None else to_record[win]
+        for r in np.unique(rec):
             if int(r) not in tracks:
                 raise BioLLMError(f"record {int(r)} has no length; pass every record's length.")
             t = tracks[int(r)]
-            sel = ok & (rec == r)
-            f, s, w, v = sub.col[sel], start[sel], width[sel], sub.data[sel]
-            # expand each token to the bases it covers
-            rep = np.repeat(np.arange(len(s)), w)
-            base = s[rep] + (np.arange(len(rep)) - np.repeat(np.cumsum(w) - w, w))
+            sel = rec == r
+            ff, base, vv = _expand(f[sel], s[sel], w[sel], v[sel])
             inside = base < t.shape[1]
-            np.maximum.at(t, (f[rep][inside], base[inside]), v[rep][inside])
+            np.maximum.at(t, (ff[inside], base[inside]), vv[inside])
     return tracks
+
+
+class _Buffer:
+    """Values of the bases [lo, lo + width) of one record, not yet final."""
+
+    def __init__(self, n_features: int, length: int):
+        self.lo, self.length = 0, int(length)
+        self.vals = np.zeros((n_features, 0), np.float32)
+
+    def add(self, f, base, v) -> None:
+        keep = (base >= self.lo) & (base < self.length)
+        f, base, v = f[keep], base[keep] - self.lo, v[keep]
+        if not len(base):
+            return
+        need = int(base.max()) + 1
+        if need > self.vals.shape[1]:
+            grown = np.zeros((self.vals.shape[0], max(need, 2 * self.vals.shape[1])), np.float32)
+            grown[:, :self.vals.shape[1]] = self.vals
+            self.vals = grown
+        np.maximum.at(self.vals, (f, base), v)
+
+    def flush(self, upto: int) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield (start, values) of the final bases [lo, upto), freeing them."""
+        upto = min(int(upto), self.length)
+        while self.lo < upto:
+            n = min(upto - self.lo, ZERO_BLOCK)
+            out = np.zeros((self.vals.shape[0], n), np.float32)
+            have = min(n, self.vals.shape[1])
+            out[:, :have] = self.vals[:, :have]
+            self.vals = self.vals[:, have:].copy() if have else self.vals
+            yield self.lo, out
+            self.lo += n
+
+
+def stream_tracks(chunks: Iterable[EncodedChunk], features: Sequence[int],
+                  windows: pd.DataFrame, record_lengths: Sequence[int],
+                  span: np.ndarray | None = None
+                  ) -> Iterator[tuple[int, int, np.ndarray]]:
+    """Yield (record, start, float32 [len(features), n]) blocks covering every base of every
+    record once, in order, each base the max over the tokens covering it.
+
+    Chunks must come in window order (as `encode_live` and a harvest give them); a base is
+    final, and leaves memory, once a window starting after it has been read, so memory stays
+    at about one window (times the features) however long the record.
+    """
+    feats = np.asarray(features, dtype=np.int64)
+    lengths = [int(n) for n in record_lengths]
+    w_record = windows["record"].to_numpy()
+    w_start = windows["start"].to_numpy()
+    record, buf = 0, _Buffer(len(feats), lengths[0] if lengths else 0)
+
+    def advance(to: int):
+        """Finish every record before `to`; yields their remaining blocks."""
+        nonlocal record, buf
+        while record < to:
+            for s, vals in buf.flush(buf.length):
+                yield record, s, vals
+            record += 1
+            buf = _Buffer(len(feats), lengths[record] if record < len(lengths) else 0)
+
+    for chunk in chunks:
+        if not len(chunk):
+            continue
+        f, s, w, v, win = _active(chunk, feats, span)
+        rec = w_record[win]
+        if len(rec) and (np.any(np.diff(rec) < 0) or rec[0] < record):
+            raise BioLLMError("token windows arrive out of order; stream the windows in file "
+                              "order (shuffled caches cannot be streamed).")
+        for r in np.unique(rec):
+            yield from advance(int(r))
+            sel = rec == r
+            buf.add(*_expand(f[sel], s[sel], w[sel], v[sel]))
+        last = int(chunk.sources.record[-1])
+        yield from advance(int(w_record[last]))
+        for s0, vals in buf.flush(int(w_start[last])):
+            yield record, s0, vals
+    yield from advance(len(lengths))
+
+
+def _check_chrom(chrom: str) -> None:
+    if not chrom or any(c.isspace() for c in chrom):
+        raise BioLLMError(f"chromosome name {chrom!r} must be non-empty without spaces.")
+
+
+class BedGraphWriter:
+    """Write one feature's track as bedGraph block by block (0-based, half-open runs of equal
+    value; a run spanning blocks is written once). Use as a context manager; the file appears
+    atomically when it closes without error."""
+
+    def __init__(self, path: str | os.PathLike, name: str | None = None,
+                 skip_zeros: bool = True):
+        self.path, self.name, self.skip_zeros = Path(path), name, skip_zeros
+        self._run: tuple[str, int, int, float] | None = None
+
+    def __enter__(self) -> "BedGraphWriter":
+        self._atomic = atomic_path(self.path)
+        self._fh = open(self._atomic.__enter__(), "w")
+        self._fh.write(f"track type=bedGraph name={self.name}\n" if self.name
+                       else "track type=bedGraph\n")
+        return self
+
+    def write(self, chrom: str, start: int, values: np.ndarray) -> None:
+        _check_chrom(chrom)
+        values = np.asarray(values, dtype=np.float64).ravel()
+        if not len(values):
+            return
+        change = np.flatnonzero(np.diff(values) != 0) + 1
+        starts = np.r_[0, change]
+        ends = np.r_[change, len(values)]
+        for a, b in zip(starts.tolist(), ends.tolist()):
+            self._extend(chrom, start + a, start + b, float(values[a]))
+
+    def _extend(self, chrom: str, s: int, e: int, v: float) -> None:
+        run = self._run
+        if run and run[0] == chrom and run[2] == s and run[3] == v:
+            self._run = (chrom, run[1], e, v)
+            return
+        self._emit()
+        self._run = (chrom, s, e, v)
+
+    def _emit(self) -> None:
+        if self._run and not (self.skip_zeros and self._run[3] == 0):
+            c, s, e, v = self._run
+            self._fh.write(f"{c}\t{s}\t{e}\t{v:.6g}\n")
+        self._run = None
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self._emit()
+        self._fh.close()
+        return self._atomic.__exit__(exc_type, exc, tb)
 
 
 def write_bedgraph(track: np.ndarray, chrom: str, path: str | os.PathLike,
                    name: str | None = None, skip_zeros: bool = True) -> Path:
     """Write one feature's per-base track as bedGraph (0-based, half-open runs of equal value)."""
-    track = np.asarray(track, dtype=np.float64).ravel()
-    if not chrom or any(c.isspace() for c in chrom):
-        raise BioLLMError(f"chromosome name {chrom!r} must be non-empty without spaces.")
-    path = Path(path)
-    with atomic_path(path) as tmp, open(tmp, "w") as fh:
-        header = f"track type=bedGraph name={name}" if name else "track type=bedGraph"
-        fh.write(header + "\n")
-        if len(track):
-            change = np.flatnonzero(np.diff(track) != 0) + 1
-            starts = np.r_[0, change]
-            ends = np.r_[change, len(track)]
-            for s, e in zip(starts, ends):
-                v = track[s]
-                if skip_zeros and v == 0:
-                    continue
-                fh.write(f"{chrom}\t{s}\t{e}\t{v:.6g}\n")
-    return path
+    _check_chrom(chrom)
+    with BedGraphWriter(path, name, skip_zeros) as w:
+        w.write(chrom, 0, track)
+    return Path(path)

@@ -91,6 +91,16 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         norms={"attn_out": "attention.output.LayerNorm", "mlp_out": "output.LayerNorm"},
         post_norm=True,
     ),
+    Architecture(
+        # ESM (Nucleotide Transformer v1 and other ESM-architecture masked LMs): pre-norm
+        # encoder blocks whose output.dense modules add their residual themselves, so the dense
+        # layers are the sublayers' contributions
+        name="esm", model_types=("esm",), causal=False, base="",
+        layers="encoder.layer", embed="embeddings", final_norm="encoder.emb_layer_norm_after",
+        unembed=None, attn="attention", attn_out="attention.output.dense",
+        mlp=("intermediate", "output.dense"),
+        norms={"attn_in": "attention.LayerNorm", "mlp_in": "LayerNorm"},
+    ),
 )
 
 

@@ -1,0 +1,174 @@
+"""What DNA features fire on: enrichment in annotations, firing frequency, top windows, logos.
+
+Everything accumulates block by block from `stream_tracks`, so a genome never sits in memory:
+zeros are counted, only nonzero bases are kept (with their annotation bits) for the exact AUROC.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy.stats import rankdata
+
+from ..errors import BioLLMError
+
+BASES = "ACGT"
+LOGO_COLOURS = {"A": "#109648", "C": "#255C99", "G": "#F7B32B", "T": "#D62839"}
+
+
+class BaseStats:
+    """Per feature: bases seen, bases firing, and (with annotation types) the values inside and
+    outside each type, for AUROC and means."""
+
+    def __init__(self, features, types: list[str] | None = None, top: int = 20):
+        self.features = [int(f) for f in features]
+        self.types = list(types or [])
+        self.top = top
+        F, T = len(self.features), len(self.types)
+        self.bases = 0
+        self.inside = np.zeros(T, np.int64)
+        self.zeros_inside = np.zeros((F, T), np.int64)
+        self.sum_inside = np.zeros((F, T), np.float64)
+        self.sum_all = np.zeros(F, np.float64)
+        self.nonzero = np.zeros(F, np.int64)
+        self._vals: list[list[np.ndarray]] = [[] for _ in range(F)]
+        self._bits: list[list[np.ndarray]] = [[] for _ in range(F)]
+        # (value, record, position) of the strongest run starts per feature
+        self.peaks = [np.zeros((0, 3)) for _ in range(F)]
+
+    def update(self, record: int, start: int, values: np.ndarray,
+               masks: np.ndarray | None = None) -> None:
+        n = values.shape[1]
+        self.bases += n
+        if self.types:
+            self.inside += masks.sum(axis=1)
+        prev = np.zeros((len(self.features), 1), np.float32)
+        starts_run = (values > 0) & (values != np.concatenate([prev, values[:, :-1]], axis=1))
+        for i in range(len(self.features)):
+            nz = np.flatnonzero(values[i])
+            v = values[i, nz]
+            self.nonzero[i] += len(nz)
+            self.sum_all[i] += float(v.sum())
+            if self.types:
+                bits = masks[:, nz]
+                self._vals[i].append(v)
+                self._bits[i].append(bits)
+                self.sum_inside[i] += (bits * v).sum(axis=1)
+                self.zeros_inside[i] += masks.sum(axis=1) - bits.sum(axis=1)
+            runs = np.flatnonzero(starts_run[i])
+            if len(runs):
+                best = runs[np.argsort(-values[i, runs], kind="stable")[:self.top]]
+                new = np.stack([values[i, best], np.full(len(best), record), start + best], 1)
+                both = np.concatenate([self.peaks[i], new])
+                self.peaks[i] = both[np.argsort(-both[:, 0], kind="stable")[:self.top]]
+
+    def frequency(self) -> np.ndarray:
+        return self.nonzero / max(self.bases, 1)
+
+    def enrichment(self) -> pd.DataFrame:
+        """feature, annotation, auroc, mean_inside, mean_outside, bases_inside."""
+        rows = []
+        for i, f in enumerate(self.features):
+            vals = np.concatenate(self._vals[i]) if self._vals[i] else np.zeros(0, np.float32)
+            bits = np.concatenate(self._bits[i], axis=1) if self._bits[i] else \
+                np.zeros((len(self.types), 0), bool)
+            zeros = self.bases - len(vals)
+            # every zero ties at the bottom: midrank (zeros + 1) / 2; nonzeros rank above them
+            ranks = rankdata(vals) + zeros if len(vals) else vals
+            for t, name in enumerate(self.types):
+                n_in = int(self.inside[t])
+                n_out = self.bases - n_in
+                rank_in = ranks[bits[t]].sum() + self.zeros_inside[i, t] * (zeros + 1) / 2
+                auroc = ((rank_in - n_in * (n_in + 1) / 2) / (n_in * n_out)
+                         if n_in and n_out else np.nan)
+                s_in = self.sum_inside[i, t]
+                rows.append(dict(feature=f, annotation=name, auroc=float(auroc),
+                                 mean_inside=s_in / n_in if n_in else np.nan,
+                                 mean_outside=(self.sum_all[i] - s_in) / n_out
+                                 if n_out else np.nan,
+                                 bases_inside=n_in))
+        return pd.DataFrame(rows, columns=["feature", "annotation", "auroc", "mean_inside",
+                                           "mean_outside", "bases_inside"])
+
+
+def fetch_intervals(path, wanted: list[tuple[int, int, int]]) -> list[str]:
+    """The forward-strand bases of each (record, start, end), streaming the file once; positions
+    outside the record read as 'N' so every context has its full length."""
+    from ..inputs.dna import read_sequences
+
+    out = [[] for _ in wanted]
+    by_record: dict[int, list[int]] = {}
+    for j, (r, _, _) in enumerate(wanted):
+        by_record.setdefault(int(r), []).append(j)
+    for record, _, offset, chunk in read_sequences(path):
+        for j in by_record.get(record, ()):
+            _, s, e = wanted[j]
+            a, b = max(s, offset), min(e, offset + len(chunk))
+            if a < b:
+                out[j].append((a, chunk[a - offset:b - offset]))
+    seqs = []
+    for (_, s, e), parts in zip(wanted, out):
+        buf = bytearray(b"N" * (e - s))
+        for a, piece in parts:
+            buf[a - s:a - s + len(piece)] = piece.encode()
+        seqs.append(buf.decode())
+    return seqs
+
+
+def frequency_matrix(contexts: list[str]) -> np.ndarray:
+    """[length, 4] base frequencies (A, C, G, T) over aligned contexts; N and others ignored."""
+    if not contexts:
+        raise BioLLMError("no contexts to make a logo from; the feature never fires.")
+    length = len(contexts[0])
+    counts = np.zeros((length, 4))
+    for c in contexts:
+        for k, b in enumerate(BASES):
+            counts[:, k] += np.frombuffer(c.encode(), np.uint8) == ord(b)
+    total = counts.sum(axis=1, keepdims=True)
+    return np.divide(counts, total, out=np.zeros_like(counts), where=total > 0)
+
+
+def write_logo(pfm: np.ndarray, path: str | Path, title: str, first: int = 0) -> Path:
+    """A sequence logo (letter heights = frequency x information content, in bits), PNG or SVG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.font_manager import FontProperties
+    from matplotlib.patches import PathPatch
+    from matplotlib.textpath import TextPath
+    from matplotlib.transforms import Affine2D
+
+    from ..fileio import atomic_path
+
+    with np.errstate(divide="ignore", invalid="ignore"):
+        entropy = -np.nansum(np.where(pfm > 0, pfm * np.log2(pfm), 0), axis=1)
+    info = np.where(pfm.sum(axis=1) > 0, 2 - entropy, 0)
+    heights = pfm * info[:, None]
+    font = FontProperties(family="DejaVu Sans", weight="bold")
+    fig, ax = plt.subplots(figsize=(max(4, 0.35 * len(pfm)), 2.2))
+    for x, row in enumerate(heights):
+        y = 0.0
+        for k in np.argsort(row):
+            h = row[k]
+            if h <= 1e-3:
+                continue
+            letter = TextPath((0, 0), BASES[k], size=1, prop=font)
+            box = letter.get_extents()
+            t = Affine2D().translate(-box.x0, -box.y0) \
+                .scale(0.9 / box.width, h / box.height).translate(x - 0.45, y)
+            ax.add_patch(PathPatch(t.transform_path(letter), color=LOGO_COLOURS[BASES[k]], lw=0))
+            y += h
+    ax.set_xlim(-0.6, len(pfm) - 0.4)
+    ax.set_ylim(0, 2)
+    ax.set_ylabel("bits")
+    ax.set_xticks(range(0, len(pfm), 2), [str(first + i) for i in range(0, len(pfm), 2)])
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,198 @@
+"""`biollm tracks`: per-base feature tracks along DNA records, as bedGraph, with statistics.
+
+Windows stream through the model in file order; `stream_tracks` merges them into one value per
+base and hands finished blocks to the bedGraph writers and `BaseStats`, so memory stays at about
+one window whatever the record length.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..errors import BioLLMError
+from ..fileio import atomic_path
+from ..progress import CancelToken, ProgressCallback
+
+
+@dataclass
+class TracksConfig:
+    """Options of `biollm tracks`."""
+
+    model: str = field(metadata={"help": "model folder, hub id, or evo2:<name> for Evo 2"})
+    data: str = field(metadata={"help": "FASTA, FASTA.gz or GenBank file"})
+    dict: str = field(metadata={"help": "dictionary folder or file (ours, sparsify, SAELens, "
+                                        "Goodfire)"})
+    out: str = field(metadata={"help": "output folder (one bedGraph per feature, tables, logos)"})
+    features: str | None = field(default=None, metadata={
+        "help": "comma-separated feature indices, e.g. 3,17"})
+    top: int | None = field(default=None, metadata={
+        "help": "instead of --features: the N features firing on the most tokens (one extra "
+                "pass over the data)"})
+    annotations: str | None = field(default=None, metadata={
+        "help": "GenBank, GFF3 or BED file: enrichment.csv per feature and annotation type"})
+    window: int = field(default=1024, metadata={"help": "bases per window"})
+    stride: int | None = field(default=None, metadata={
+        "help": "bases between window starts (default: the window)"})
+    reverse_complement: bool = field(default=False, metadata={
+        "help": "also read each window's reverse complement; a base gets the max of both"})
+    tokenizer: str = field(default="auto", metadata={
+        "help": "auto (bytes for Evo 2, else the model's), byte or model"})
+    hookpoint: str | None = field(default=None, metadata={
+        "help": "hookpoint to read (default: the dictionary's own)"})
+    top_windows: int = field(default=10, metadata={"help": "top windows kept per feature"})
+    logo_flank: int = field(default=10, metadata={
+        "help": "bases either side of each peak in the sequence logo"})
+    batch_size: int = field(default=8, metadata={"help": "windows per forward pass"})
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or mps"})
+
+
+@dataclass
+class TracksResult:
+    out: Path
+    features: list[int]
+    bedgraphs: list[Path]
+    summary: pd.DataFrame
+    """feature, frequency (fraction of bases firing), max."""
+    top_windows: pd.DataFrame
+    enrichment: pd.DataFrame | None
+
+
+def parse_features(text: str) -> list[int]:
+    if not re.fullmatch(r"\s*\d+(\s*,\s*\d+)*\s*", text or ""):
+        raise BioLLMError(f"--features {text!r} is not a comma-separated list of feature "
+                          "indices (e.g. 3,17).")
+    return list(dict.fromkeys(int(x) for x in text.split(",")))
+
+
+def _chrom(name: str) -> str:
+    return re.sub(r"\s+", "_", name) or "record"
+
+
+def _top_features(chunks, n: int) -> list[int]:
+    counts = None
+    for chunk in chunks:
+        c = np.bincount(chunk.acts.indices, minlength=chunk.acts.shape[1])
+        counts = c if counts is None else counts + c
+    if counts is None or not counts.any():
+        raise BioLLMError("no feature fires anywhere on this data; check the dictionary's "
+                          "hookpoint and model.")
+    order = np.argsort(-counts, kind="stable")
+    return [int(f) for f in order[:n] if counts[f] > 0]
+
+
+def run_tracks(cfg: TracksConfig, progress: ProgressCallback | None = None,
+               cancel: CancelToken | None = None) -> TracksResult:
+    from ..dictionaries.formats import load_dictionary
+    from ..inputs.annotations import annotation_types, base_masks, check_records, read_annotations
+    from ..inputs.dna import DnaConfig, DnaDataset
+    from ..models import load_model, resolve_hookpoint
+    from .dna_enrichment import BaseStats, fetch_intervals, frequency_matrix, write_logo
+    from .encode import encode_live
+    from .tracks import BedGraphWriter, stream_tracks, token_spans
+
+    if (cfg.features is None) == (cfg.top is None):
+        raise BioLLMError("give exactly one of --features (e.g. 3,17) or --top N.")
+    if cfg.top is not None and cfg.top < 1:
+        raise BioLLMError("--top must be at least 1.")
+    if cfg.tokenizer not in ("auto", "byte", "model"):
+        raise BioLLMError(f"--tokenizer must be auto, byte or model, not {cfg.tokenizer!r}.")
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise BioLLMError(f"--out {out} is a file; give a folder.")
+    chosen = parse_features(cfg.features) if cfg.features is not None else None
+    ann = read_annotations(cfg.annotations) if cfg.annotations else None
+    dictionary = load_dictionary(cfg.dict)
+    lm = load_model(cfg.model, device=cfg.device)
+    hookpoint = resolve_hookpoint(lm, cfg.hookpoint or dictionary.cfg.hookpoint or "").name
+    dictionary = dictionary.to(lm.device)
+    tok = cfg.tokenizer
+    if tok == "auto":
+        tok = "byte" if lm.arch.name == "evo2" else "model"
+    data = DnaDataset(cfg.data, DnaConfig(window=cfg.window, stride=cfg.stride,
+                                          reverse_complement=cfg.reverse_complement,
+                                          tokenizer=tok))
+    names = list(data.records["name"])
+    lengths = [int(n) for n in data.records["length"]]
+    if ann is not None:
+        check_records(ann, names, cfg.annotations)
+    span = None if tok == "byte" else token_spans(lm.tokenizer)
+
+    def chunks():
+        return encode_live(lm, data.examples(lm.tokenizer), dictionary, hookpoint,
+                           cfg.batch_size, progress=progress, cancel=cancel, total=len(data))
+
+    if chosen is None:
+        chosen = _top_features(chunks(), cfg.top)
+    if max(chosen) >= dictionary.num_latents:
+        raise BioLLMError(f"feature {max(chosen)} is out of range; the dictionary has "
+                          f"{dictionary.num_latents} features.")
+    types = annotation_types(ann) if ann is not None else []
+    stats = BaseStats(chosen, types, top=max(cfg.top_windows, 50))
+    window_max = np.zeros((len(data), len(chosen)), np.float32)  # 4 bytes per window x feature
+    feats = np.asarray(chosen)
+
+    def tapped():
+        for chunk in chunks():
+            sub = chunk.acts[:, feats].tocoo()
+            np.maximum.at(window_max, (chunk.sources.record[sub.row], sub.col), sub.data)
+            yield chunk
+
+    paths = [out / f"feature_{f}.bedgraph" for f in chosen]
+    out.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        writers = [stack.enter_context(BedGraphWriter(p, name=f"feature_{f}"))
+                   for p, f in zip(paths, chosen)]
+        for record, start, vals in stream_tracks(tapped(), chosen, data.windows_table(),
+                                                 lengths, span):
+            chrom = _chrom(names[record])
+            for i, w in enumerate(writers):
+                w.write(chrom, start, vals[i])
+            masks = base_masks(ann, names[record], start, start + vals.shape[1], types) \
+                if ann is not None else None
+            stats.update(record, start, vals, masks)
+
+    summary = pd.DataFrame({"feature": chosen, "frequency": stats.frequency(),
+                            "max": window_max.max(axis=0) if len(data) else 0.0})
+    _write_csv(summary, out / "features.csv")
+    top = _top_windows(data, window_max, chosen, cfg.top_windows)
+    _write_csv(top, out / "top_windows.csv")
+    enrichment = None
+    if ann is not None:
+        enrichment = stats.enrichment()
+        _write_csv(enrichment, out / "enrichment.csv")
+    flank = cfg.logo_flank
+    for i, f in enumerate(chosen):
+        peaks = stats.peaks[i]
+        if not len(peaks):
+            continue
+        contexts = fetch_intervals(cfg.data, [(int(r), int(p) - flank, int(p) + flank + 1)
+                                              for _, r, p in peaks])
+        write_logo(frequency_matrix(contexts), out / f"feature_{f}_logo.png",
+                   f"feature {f}: {len(contexts)} strongest peaks", first=-flank)
+    return TracksResult(out, chosen, paths, summary, top, enrichment)
+
+
+def _top_windows(data, window_max: np.ndarray, chosen: list[int], n: int) -> pd.DataFrame:
+    table = data.windows_table()
+    rows = []
+    for i, f in enumerate(chosen):
+        order = np.argsort(-window_max[:, i], kind="stable")[:n]
+        order = order[window_max[order, i] > 0]
+        for rank, w in enumerate(order):
+            rows.append(dict(feature=f, rank=rank + 1, window=int(w), value=float(window_max[w, i])))
+    df = pd.DataFrame(rows, columns=["feature", "rank", "window", "value"])
+    seqs = {w.index: w.seq for w in data.windows(sorted(set(df["window"])))} if len(df) else {}
+    df = df.join(table[["name", "start", "end", "strand"]], on="window")
+    df["sequence"] = [seqs[w] for w in df["window"]]
+    return df
+
+
+def _write_csv(df: pd.DataFrame, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False)
