@@ -14,7 +14,8 @@ import pytest
 from PySide6.QtCore import QCoreApplication
 
 import biollm_engine.circuits as circuits
-from biollm_engine.circuits import Edit, intervene, prune
+from biollm_engine.circuits import Edit, intervene
+from biollm_engine.circuits.prune import prune
 from biollm_engine.inputs.cells import CellDataset, CellSentenceConfig
 from workbench.state.session import Session
 
@@ -199,3 +200,18 @@ def test_exports_are_valid_files(built, tmp_path):
                                    "change"]
     assert table["change"].to_numpy() == pytest.approx(
         (table["probability_after"] - table["probability_before"]).to_numpy(), abs=1e-6)
+
+
+def test_window_docks_the_circuit_panel_from_the_analyse_menu(qtbot, tmp_path):
+    from PySide6.QtCore import QSettings
+
+    from workbench.views.circuit import CircuitPanel
+    from workbench.window import MainWindow
+
+    w = MainWindow(settings=QSettings(str(tmp_path / "s.ini"), QSettings.Format.IniFormat))
+    qtbot.addWidget(w)
+    assert "Circuit" not in w.docks  # nothing heavy before it is asked for
+    menu = next(a.menu() for a in w.menuBar().actions() if a.text() == "&Analyse")
+    next(a for a in menu.actions() if a.text() == "Circuit explorer").trigger()
+    assert isinstance(w.docks["Circuit"].widget(), CircuitPanel)
+    assert w.docks["Circuit"].widget().session is w.session

@@ -49,7 +49,7 @@ class MainWindow(QMainWindow):
         self.data_panel = DataPanel(self.session)
         self.data_panel.compute_umap_requested.connect(self.compute_umap)
         self.models_panel = ModelsPanel(self.session)
-        self.features_panel = FeaturesPanel(self.session)
+        self.features_panel = FeaturesPanel(self.session, lambda: self.runner)
         self.jobs_panel = JobsPanel(self.session.jobs)
         self.docks: dict[str, QDockWidget] = {}
         left, right, bottom = (Qt.DockWidgetArea.LeftDockWidgetArea,
@@ -118,8 +118,28 @@ class MainWindow(QMainWindow):
         v = self.menuBar().addMenu("&View")
         for dock in self.docks.values():
             v.addAction(dock.toggleViewAction())
+        a = self.menuBar().addMenu("&Analyse")
+        self._action(a, "Circuit explorer", lambda: self.open_panel("Circuit"))
+        self._action(a, "Evaluate annotation", lambda: self.open_panel("Evaluate"))
         h = self.menuBar().addMenu("&Help")
         self._action(h, "About", self._about)
+
+    def open_panel(self, name: str) -> QDockWidget:
+        """Dock an analysis panel on first use: they load pyqtgraph and the engine."""
+        if name not in self.docks:
+            if name == "Circuit":
+                from .views.circuit import CircuitPanel as Panel
+            else:
+                from .views.evaluate import EvaluatePanel as Panel
+            dock = QDockWidget(name, self)
+            dock.setObjectName(f"dock-{name}")
+            dock.setWidget(Panel(self.session, lambda: self.runner))
+            self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, dock)
+            self.tabifyDockWidget(self.docks["Features"], dock)
+            self.docks[name] = dock
+        self.docks[name].show()
+        self.docks[name].raise_()
+        return self.docks[name]
 
     def _about(self) -> None:
         QMessageBox.about(self, f"About {TITLE}",

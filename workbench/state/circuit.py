@@ -96,25 +96,26 @@ def live_prune(graph, influence: np.ndarray, node_threshold: float, edge_thresho
     if mid:
         node_mask[:mid] = node_inf[:mid] >= _threshold(node_inf[:mid], node_threshold)
     keep = torch.nonzero(node_mask).flatten()
-    sub = graph.adjacency.detach().float()[keep][:, keep]
+    sub = graph.adjacency.detach().float()[keep[:, None], keep[None, :]]
     weights = graph.logit_weights()[keep]
     pnorm = normalize(sub)
     target_inf = flow(pnorm, weights) + weights
     scores = pnorm * target_inf[:, None]
-    sub_edges = (scores >= _threshold(scores, edge_threshold)) & (scores > 0)
+    # zeros sort last and add nothing to the shares, so the nonzero scores give the same cut
+    sub_edges = (scores >= _threshold(scores[scores > 0], edge_threshold)) & (scores > 0)
     # as the engine's _connect: each kept feature / error node keeps its strongest edge out
     # and (features) in, so nothing dangles
     mag = sub.abs()
-    pruneable = keep < mid
-    lonely_out = pruneable & ~sub_edges.any(0) & (mag.max(0).values > 0)
-    for j in torch.nonzero(lonely_out).flatten().tolist():
-        sub_edges[int(mag[:, j].argmax()), j] = True
-    lonely_in = (keep < graph.n_features) & ~sub_edges.any(1) & (mag.max(1).values > 0)
-    for i in torch.nonzero(lonely_in).flatten().tolist():
-        sub_edges[i, int(mag[i].argmax())] = True
-    edge_mask = np.zeros((n, n), dtype=bool)
+    for j in torch.nonzero((keep < mid) & ~sub_edges.any(0)).flatten().tolist():
+        if mag[:, j].max() > 0:
+            sub_edges[int(mag[:, j].argmax()), j] = True
+    for i in torch.nonzero((keep < graph.n_features) & ~sub_edges.any(1)).flatten().tolist():
+        if mag[i].max() > 0:
+            sub_edges[i, int(mag[i].argmax())] = True
     k = keep.numpy()
-    edge_mask[np.ix_(k, k)] = sub_edges.numpy()
+    t, s = np.nonzero(sub_edges.numpy())
+    edge_mask = np.zeros((n, n), dtype=bool)
+    edge_mask[k[t], k[s]] = True
 
     order = torch.argsort(node_inf, descending=True)
     cum = torch.zeros_like(node_inf)
@@ -123,8 +124,11 @@ def live_prune(graph, influence: np.ndarray, node_threshold: float, edge_thresho
     kept = float(node_inf[:mid][node_mask[:mid]].sum()) / mid_total if mid_total > 0 else 1.0
     total = float(scores.sum())
     kept_edges = float(scores[sub_edges].sum()) / total if total > 0 else 1.0
-    return PrunedGraph(graph, node_mask.numpy(), edge_mask, node_inf.numpy(), cum.numpy(),
-                       node_threshold, edge_threshold, kept, kept_edges)
+    pruned = PrunedGraph(graph, node_mask.numpy(), edge_mask, node_inf.numpy(), cum.numpy(),
+                         node_threshold, edge_threshold, kept, kept_edges)
+    # the kept edges as lists, so drawing never scans the whole N x N mask
+    pruned.edge_list = (k[s], k[t], sub.numpy()[t, s])
+    return pruned
 
 
 class CircuitState:
@@ -188,9 +192,7 @@ class CircuitState:
     # -- what the views show ----------------------------------------------------------------
     def edge_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(sources, targets, weights) of the kept edges."""
-        t, s = np.nonzero(self.pruned.edge_mask)
-        w = self.graph.adjacency.detach().numpy()[t, s]
-        return s, t, w
+        return self.pruned.edge_list
 
     def neighbourhood(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """Kept nodes upstream and downstream of node i (following kept edges)."""

@@ -62,10 +62,14 @@ class GraphItems:
         self.node_ids = np.zeros(0, dtype=np.int64)
         self.drawn_edges = (np.zeros(0, int), np.zeros(0, int), np.zeros(0))
         self._fit = False
+        self.kinds = np.zeros(0, dtype=str)
+        self._brushes = {k: pg.mkBrush(c) for k, c in KIND_BRUSH.items()}
+        self._pen = pg.mkPen("#444444", width=0.8)
 
     def set_graph(self) -> None:
         """A new graph: lay it out; the pruning that follows draws it."""
         self.xy = layout(self.state)
+        self.kinds = self.state.graph.kinds()
         self._fit = True
 
     def redraw(self) -> None:
@@ -75,17 +79,17 @@ class GraphItems:
             self.view.autoRange(padding=0.05)
 
     def _draw(self) -> None:
-        st, g = self.state, self.state.graph
+        st = self.state
         nodes = st.pruned.nodes
         self.node_ids = nodes
         infl = st.influence[nodes]
         top = max(float(infl.max()), 1e-12) if len(infl) else 1.0
-        sizes = 7 + 18 * np.sqrt(np.clip(infl / top, 0, 1))
-        kinds = [g.kind(int(i)) for i in nodes]
+        # a few sizes only: pyqtgraph renders each distinct symbol once and reuses it
+        sizes = 7 + 3 * np.round(6 * np.sqrt(np.clip(infl / top, 0, 1)))
+        kinds = self.kinds[nodes]
         self.nodes.setData(pos=self.xy[nodes], size=sizes, data=nodes,
-                           brush=[pg.mkBrush(KIND_BRUSH[k]) for k in kinds],
-                           symbol=[KIND_SYMBOL[k] for k in kinds],
-                           pen=pg.mkPen("#444444", width=0.8))
+                           brush=[self._brushes[k] for k in kinds],
+                           symbol=[KIND_SYMBOL[k] for k in kinds], pen=self._pen)
         s, t, w = st.edge_arrays()
         self.drawn_edges = (s, t, w)
         mag = np.abs(w)
@@ -95,7 +99,7 @@ class GraphItems:
             sel = ((w > 0) if sign > 0 else (w <= 0)) & (bucket == b)
             self._set_pairs(item, s[sel], t[sel])
         self.highlight.setData([], [])
-        self._label(nodes, infl)
+        self._label(nodes, infl, kinds)
 
     def _set_pairs(self, item, s, t) -> None:
         xs = np.empty(2 * len(s))
@@ -104,21 +108,23 @@ class GraphItems:
         ys[0::2], ys[1::2] = self.xy[s, 1], self.xy[t, 1]
         item.setData(xs, ys, connect="pairs")
 
-    def _label(self, nodes, infl) -> None:
+    def _label(self, nodes, infl, kinds) -> None:
+        """Name the logits and the most influential nodes, reusing the text items."""
         g = self.state.graph
-        for item in self.labels:
-            self.view.removeItem(item)
-        self.labels = []
-        named = [int(i) for i in nodes if g.kind(int(i)) == "logit"]
-        named += [int(nodes[j]) for j in np.argsort(-infl)
-                  if g.kind(int(nodes[j])) != "logit"][:N_LABELS]
-        for i in named:
-            kind = g.kind(i)
-            item = pg.TextItem(g.label(i).strip(), color="#222222",
-                               anchor=(0.5, 1.6) if kind != "input" else (0.5, -0.4))
-            item.setPos(*self.xy[i])
+        named = [int(i) for i in nodes[kinds == "logit"]]
+        order = np.argsort(-infl)
+        named += [int(nodes[j]) for j in order if kinds[j] != "logit"][:N_LABELS]
+        while len(self.labels) < len(named):
+            item = pg.TextItem("", color="#222222")
             self.view.addItem(item)
             self.labels.append(item)
+        for item, i in zip(self.labels, named):
+            item.setText(g.label(i).strip())
+            item.setAnchor((0.5, 1.6) if self.kinds[i] != "input" else (0.5, -0.4))
+            item.setPos(*self.xy[i])
+            item.show()
+        for item in self.labels[len(named):]:
+            item.hide()
 
     def show_paths(self, i: int | None) -> None:
         """Highlight the edges on the paths through node i (upstream and downstream)."""
