@@ -18,20 +18,15 @@ import numpy as np
 import scipy.sparse as sp
 
 from .chunks import EncodedChunk
+from .kernels import feature_pass, group_reduce
 from .topk import TopK, grouped_topk
 
 # Fixed log-spaced activation bins, one per octave over [2^-10, 2^10) (about 1e-3 to 1e3), plus
 # one below and one above: bin 0 is (0, 2^-10) (and negatives), bin b is
 # [HIST_EDGES[b-1], HIST_EDGES[b]), the last >= 2^10. Powers of two make the bin of a float32
-# its exponent, read from its bits: exact and an order of magnitude faster than a search.
+# its exponent, read from its bits (kernels.feature_pass): exact, and no search.
 HIST_EDGES = 2.0 ** np.arange(-10, 11)
 NUM_BINS = len(HIST_EDGES) + 1
-
-
-def hist_bins(values: np.ndarray) -> np.ndarray:
-    """The histogram bin of each float32 activation (equal to searchsorted(HIST_EDGES, v, "right"))."""
-    exponent = (np.ascontiguousarray(values, dtype=np.float32).view(np.int32) >> 23) - 127
-    return np.clip(exponent + 11, 0, NUM_BINS - 1)
 
 
 @dataclass
@@ -89,89 +84,54 @@ def _reduce(keys, vmax, vsum, count):
 
 def _group_reduce(group: np.ndarray, col: np.ndarray, vals: np.ndarray, F: int
                   ) -> tuple[np.ndarray, ...]:
-    """(key = group * F + col, max, sum, count) over one chunk's entries, sorted by key.
-
-    When the groups of the chunk span a small range (a chunk's cells), dense bincount buffers
-    over that range do it in linear time; otherwise one sort."""
-    lo, hi = int(group.min()), int(group.max())
-    span = (hi - lo + 1) * F
-    if span <= max(4 * len(vals), 1 << 16):
-        local = (group - lo) * F + col
-        count = np.bincount(local, minlength=span)
-        nz = np.flatnonzero(count)
-        vsum = np.bincount(local, weights=vals, minlength=span)[nz]
-        vmax = np.full(span, -np.inf, np.float32)
-        np.maximum.at(vmax, local, vals)
-        return nz + lo * F, vmax[nz], vsum, count[nz]
-    return _reduce(group * F + col, vals, vals.astype(np.float64), np.ones(len(vals), np.int64))
+    """(key = group * F + col, max, sum, count) over one batch of entries, sorted by key."""
+    if len(group) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros(0), np.zeros(0, np.int64)
+    return group_reduce(group, col, vals, F)
 
 
-class _SparseSum:
-    """Running per-unit activation sums and fire counts (units x features CSR).
+class _UnitSums:
+    """Running per-unit (gene) activation sums and fire counts, as sorted keys.
 
-    Token rows are buffered and grouped by unit in one sparse product per batch: the product's
-    row-wise dense accumulator is linear and cache-friendly, where scattering into a units x
-    features array or sorting combined keys is not. The data are complex, activation + 1j, so
-    one product sums activations (real part) and counts fires (imaginary part) together.
+    A gene's tokens are scattered over the data set, so raw entries are buffered and reduced
+    in large batches: one reduction over many tokens leaves fewer overlapping parts to merge.
     """
 
-    BATCH = 1 << 22  # buffered non-zeros per product
+    BATCH = 1 << 22  # buffered entries per reduction
 
     def __init__(self, num_features: int):
         self.F = num_features
-        self.rows: list[tuple[np.ndarray, sp.csr_matrix]] = []
+        self.raw: list[tuple[np.ndarray, ...]] = []
         self.buffered = 0
-        self.total: sp.csr_matrix | None = None
+        self.acc = _KeyedReduce()
 
-    def add(self, unit: np.ndarray, acts: sp.csr_matrix) -> None:
-        self.rows.append((unit, acts))
-        self.buffered += acts.nnz
+    def add(self, unit: np.ndarray, col: np.ndarray, vals: np.ndarray) -> None:
+        self.raw.append((unit, col, vals))
+        self.buffered += len(unit)
         if self.buffered >= self.BATCH:
             self._flush()
 
     def _flush(self) -> None:
-        if not self.rows:
-            return
-        unit = np.concatenate([u for u, _ in self.rows])
-        acts = sp.vstack([a for _, a in self.rows], format="csr")
-        self.rows, self.buffered = [], 0
-        ind = sp.csr_matrix((np.ones(len(unit), np.complex128), (unit, np.arange(len(unit)))),
-                            shape=(int(unit.max()) + 1, len(unit)))
-        data = acts.data.astype(np.complex128)
-        data.imag = 1.0
-        self._add_total(ind @ sp.csr_matrix((data, acts.indices, acts.indptr), shape=acts.shape))
+        if self.raw:
+            cat = [np.concatenate(x) for x in zip(*self.raw)]
+            self.raw, self.buffered = [], 0
+            self.acc.add_part(_group_reduce(*cat, self.F))
 
-    def _add_total(self, m: sp.csr_matrix) -> None:
-        if self.total is None:
-            self.total = m
-            return
-        n = max(self.total.shape[0], m.shape[0])
-        self.total = _pad_rows(self.total, n) + _pad_rows(m, n)
-
-    def merge(self, other: "_SparseSum") -> None:
+    def merge(self, other: "_UnitSums") -> None:
         other._flush()
-        if other.total is not None:
-            self._flush()
-            self._add_total(other.total)
-
-    def compact(self, n_units: int = 0) -> tuple[sp.csr_matrix, sp.csr_matrix]:
         self._flush()
-        n = max(n_units, 0 if self.total is None else self.total.shape[0])
-        total = _pad_rows(self.total if self.total is not None
-                          else sp.csr_matrix((0, self.F), dtype=np.complex128), n)
-        total.sort_indices()
-        self.total = total
-        structure = (total.indices.copy(), total.indptr.copy())
-        return (sp.csr_matrix((total.data.real.copy(), *structure), shape=total.shape),
-                sp.csr_matrix((total.data.imag.astype(np.int64), total.indices, total.indptr),
-                              shape=total.shape))
+        self.acc.merge(other.acc)
+
+    def compact(self) -> tuple[np.ndarray, ...]:
+        self._flush()
+        return self.acc.compact()
 
 
-def _pad_rows(m: sp.csr_matrix, n: int) -> sp.csr_matrix:
-    if m.shape[0] == n:
-        return m
-    indptr = np.concatenate([m.indptr, np.full(n - m.shape[0], m.indptr[-1], m.indptr.dtype)])
-    return sp.csr_matrix((m.data, m.indices, indptr), shape=(n, m.shape[1]))
+def _csr(keys: np.ndarray, data: np.ndarray, n_rows: int, F: int) -> sp.csr_matrix:
+    """CSR [n_rows, F] from sorted keys row * F + col."""
+    row = keys // F
+    indptr = np.searchsorted(row, np.arange(n_rows + 1))
+    return sp.csr_matrix((data, (keys - row * F).astype(np.int32), indptr), shape=(n_rows, F))
 
 
 def _counts_add(counts: np.ndarray, idx: np.ndarray) -> np.ndarray:
@@ -241,7 +201,7 @@ class FeatureStats:
         self.cells = _KeyedReduce()
         self._tail: tuple[np.ndarray, ...] | None = None  # entries of a cell the chunk cut
         self.cell_tokens = np.zeros(0, np.int64)
-        self.units = _SparseSum(num_features)
+        self.units = _UnitSums(num_features)
         self.unit_tokens = np.zeros(0, np.int64)
 
     def update(self, chunk: EncodedChunk) -> None:
@@ -257,19 +217,18 @@ class FeatureStats:
         # a fresh canonical float32: arrays that came through torch carry a float32 dtype
         # instance that sends numpy's ufunc.at down its generic path, 100x slower
         vals = acts.data.astype(np.float32)
-        self.hist += np.bincount(cols * NUM_BINS + hist_bins(vals),
-                                 minlength=F * NUM_BINS).reshape(F, NUM_BINS)
-        self.act_sum += np.bincount(cols, weights=vals, minlength=F)
+        feature_pass(self.hist, self.act_sum, self.top.values, self.top.ids,
+                     acts.indptr.astype(np.int64), cols, vals, vals.view(np.int32), chunk.start)
         if self.top.k == 0:  # otherwise the max is the head of the top list
             np.maximum.at(self.act_max, cols, vals)
-        self.top.push(cols, vals, rows + chunk.start)
 
         on_unit = self._count_tokens(src)
         keep = on_unit[rows]
         if keep.any():
-            self._add_cells(src.record[rows[keep]], cols[keep], vals[keep])
-        if self.cfg.per_unit and on_unit.any():
-            self.units.add(src.unit[on_unit], acts[on_unit])
+            rows, cols, vals = rows[keep], cols[keep], vals[keep]
+            self._add_cells(src.record[rows], cols, vals)
+            if self.cfg.per_unit:
+                self.units.add(src.unit[rows], cols, vals)
 
     def _add_cells(self, rec: np.ndarray, col: np.ndarray, vals: np.ndarray) -> None:
         # The chunk's last cell may go on in the next chunk: its entries are held back and
@@ -331,17 +290,16 @@ class FeatureStats:
         cell_tokens[: len(self.cell_tokens)] = self.cell_tokens
         self._flush_cells()
         keys, vmax, vsum, _ = self.cells.compact()  # sorted: row-major CSR order
-        shape = (n_cells, F)
-        row, col = keys // F, (keys % F).astype(np.int32)
-        indptr = np.searchsorted(row, np.arange(n_cells + 1))
-        cell_max = sp.csr_matrix((vmax.astype(np.float32), col, indptr), shape=shape)
-        mean = (vsum / cell_tokens[row]).astype(np.float32)
-        cell_mean = sp.csr_matrix((mean, col.copy(), indptr.copy()), shape=shape)
+        cell_max = _csr(keys, vmax.astype(np.float32), n_cells, F)
+        mean = (vsum / cell_tokens[keys // F]).astype(np.float32)
+        cell_mean = sp.csr_matrix((mean, cell_max.indices.copy(), cell_max.indptr.copy()),
+                                  shape=cell_max.shape)
 
         n_units = max(num_units or 0, len(self.unit_tokens))
         unit_tokens = np.zeros(n_units, np.int64)
         unit_tokens[: len(self.unit_tokens)] = self.unit_tokens
-        unit_sum, unit_fires = self.units.compact(n_units)
+        keys, _, usum, ucount = self.units.compact()
+        unit_sum, unit_fires = _csr(keys, usum, n_units, F), _csr(keys, ucount, n_units, F)
         act_max = self.act_max.copy()
         if self.top.k:
             np.maximum(act_max, self.top.values[:, 0], out=act_max)
