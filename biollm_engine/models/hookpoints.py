@@ -42,6 +42,13 @@ def _block_hookpoint(lm: LoadedModel, layer: int, suffix: str) -> Hookpoint:
     if suffix == "":
         return _make(lm, name, layer, block, "output")
     if suffix == "attn.out":
+        # block types can alternate (Evo 2: hyena and attention blocks mix differently)
+        for path in (arch.attn_out, *arch.alternates.get("attn_out", ())):
+            try:
+                lm.module(f"{block}.{path}")
+                return _make(lm, name, layer, f"{block}.{path}", "output")
+            except AttributeError:
+                continue
         return _make(lm, name, layer, f"{block}.{arch.attn_out}", "output")
     if suffix == "mlp.in":
         return _make(lm, name, layer, f"{block}.{arch.mlp[0]}", "input")

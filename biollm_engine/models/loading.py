@@ -79,14 +79,19 @@ def _looks_like_path(name: str) -> bool:
 
 def load_model(name_or_path: str, device: str = "auto", dtype: str = "float32",
                trust_remote_code: bool = False) -> LoadedModel:
-    """Load a causal LM (or a BERT-style encoder) and its tokenizer, weights from safetensors."""
+    """Load a causal LM (or a BERT-style encoder) and its tokenizer, weights from safetensors;
+    `evo2:<model name>` loads Evo 2 through the evo2 package (see models/evo2.py)."""
     import torch
     import transformers as tf
 
     if dtype not in DTYPES:
         raise BioLLMError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}.")
-    device = resolve_device(device)
     name = str(name_or_path)
+    if name.startswith("evo2:"):  # the evo2 package places Evo 2 on its GPU(s) itself
+        from .evo2 import load_evo2
+
+        return load_evo2(name[len("evo2:"):])
+    device = resolve_device(device)
     path = Path(name).expanduser()
     local = path.exists()
     if local:

@@ -1,0 +1,128 @@
+"""Evo 2 through the `evo2` package (vortex's StripedHyena), in the project's hookpoint names.
+
+StripedHyena keeps its blocks in `blocks`: hyena blocks (`pre_norm`, `filter`, `projections`,
+`out_filter_dense`, `post_norm`, `mlp`) and attention blocks (`pre_norm`, `inner_mha_cls`,
+`post_norm`, `mlp`); each returns (residual stream, state). The mixer's contribution is
+`out_filter_dense` (hyena) or `inner_mha_cls` (attention); the MLP reads `post_norm`'s output.
+Tokens are bytes (CharLevelTokenizer: A=65, C=67, G=71, T=84; 0 end of document, 1 padding).
+
+Name a model `evo2:<model name>` (e.g. `evo2:evo2_7b`), or `evo2:<model name>:<weights.pt>`
+for a checkpoint already on disk.
+"""
+
+from __future__ import annotations
+
+from ..errors import BioLLMError
+from .architectures import Architecture, bind_architecture
+from .loading import LoadedModel
+
+PREFIX = "evo2:"
+INSTALL = ("pip install 'biollm-workbench[evo2]' on a machine with a CUDA GPU (evo2_1b_base also "
+           "needs NVIDIA Transformer Engine; the 7B models run in bfloat16)")
+
+EVO2 = Architecture(
+    name="evo2", model_types=("evo2",), causal=True, base="",
+    layers="model.blocks", embed="model.embedding_layer", final_norm="model.norm",
+    unembed="model.unembed", attn="filter", attn_out="out_filter_dense", mlp=("mlp",),
+    norms={"attn_in": "pre_norm", "mlp_in": "post_norm"},
+    # attention blocks (every few layers) mix with inner_mha_cls instead of the hyena filter
+    alternates={"attn": ("inner_mha_cls",), "attn_out": ("inner_mha_cls",)},
+)
+
+
+class ByteTokenizer:
+    """Evo 2's CharLevelTokenizer with the attributes the engine reads from a tokenizer."""
+
+    pad_token_id = 1
+    eos_token_id = 0
+    pad_token = chr(1)
+    eos_token = chr(0)
+    all_special_ids = [0, 1]
+
+    def __init__(self, vocab_size: int = 512):
+        self.vocab_size = vocab_size
+
+    def __len__(self) -> int:
+        return self.vocab_size
+
+    def encode(self, text: str) -> list[int]:
+        return list(text.encode("utf-8"))
+
+    def __call__(self, text: str, **_) -> dict:
+        return {"input_ids": self.encode(text)}
+
+    def convert_ids_to_tokens(self, ids):
+        return [chr(max(32, min(int(i), 255))) if int(i) > 1 else "" for i in ids]
+
+    def decode(self, ids, **_) -> str:
+        return "".join(self.convert_ids_to_tokens(ids))
+
+    def batch_decode(self, batch, **_) -> list[str]:
+        return [self.decode(ids) for ids in batch]
+
+
+def _body_class():
+    import torch.nn as nn
+
+    class Evo2Body(nn.Module):
+        """StripedHyena behind the call the engine makes on every model's body."""
+
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, attention_mask=None, use_cache=False, **_):
+            # right padding and causal mixing: padded positions never reach real ones, so the
+            # model runs as Evo2.forward runs it, without a padding mask
+            logits, _state = self.model(input_ids)
+            return logits
+
+    return Evo2Body
+
+
+def wrap_striped_hyena(model, name: str, device: str, dtype: str,
+                       tokenizer=None) -> LoadedModel:
+    """A LoadedModel over a StripedHyena module tree (the real one, or a stand-in in tests)."""
+    body = _body_class()(model)
+    body.eval()
+    body.requires_grad_(False)
+    arch = bind_architecture(EVO2, body)
+    emb = body.get_submodule(arch.embed)
+    d_model = int(getattr(emb, "embedding_dim", 0) or emb.weight.shape[1])
+    return LoadedModel(model=body, tokenizer=tokenizer or ByteTokenizer(), arch=arch, name=name,
+                       device=device, dtype=dtype, is_causal=True,
+                       num_layers=len(body.get_submodule(arch.layers)), d_model=d_model)
+
+
+def load_evo2(spec: str) -> LoadedModel:
+    """`spec` is `<model name>` or `<model name>:<weights.pt>` (after the `evo2:` prefix)."""
+    import torch
+
+    name, _, local = spec.partition(":")
+    try:
+        from evo2 import Evo2
+        from evo2.utils import MODEL_NAMES
+    except ImportError:
+        raise BioLLMError(f"Evo 2 needs the evo2 package, which is not installed: {INSTALL}."
+                          ) from None
+    if name not in MODEL_NAMES:
+        raise BioLLMError(f"unknown Evo 2 model {name!r}; use one of {', '.join(MODEL_NAMES)}.")
+    if not torch.cuda.is_available():
+        raise BioLLMError("Evo 2 runs only on a CUDA GPU and none is available here; use a "
+                          "machine with one, or a Hugging Face DNA model on this one.")
+    if "1b" in name:
+        try:
+            import transformer_engine  # noqa: F401
+        except ImportError:
+            raise BioLLMError(f"{name} computes in FP8 and needs NVIDIA Transformer Engine "
+                              "(pip install transformer_engine[pytorch]); or use evo2_7b, "
+                              "which runs in bfloat16 without it.") from None
+    try:
+        evo = Evo2(name, local_path=local or None)
+    except Exception as e:  # hub, checkpoint and CUDA errors all end here
+        text = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise BioLLMError(f"could not load Evo 2 {name} ({text}); download the weights "
+                          f"(huggingface-cli download arcinstitute/{name}) and give the .pt as "
+                          f"evo2:{name}:<path>.") from None
+    device = str(next(evo.model.parameters()).device)
+    return wrap_striped_hyena(evo.model, PREFIX + spec, device, "bfloat16")
