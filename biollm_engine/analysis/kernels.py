@@ -54,50 +54,62 @@ def feature_pass(hist, act_sum, top_v, top_i, indptr, cols, vals, bits, start): 
 
 
 @njit(cache=True, nogil=True)
-def group_reduce(group, col, vals, num_cols):  # pragma: no cover - compiled
-    """(key = group * num_cols + col, max, float64 sum, count) over entries, sorted by key.
+def group_reduce(group, indptr, cols, vals, num_cols):  # pragma: no cover - compiled
+    """(key = group * num_cols + col, max, float64 sum, count) over the non-zeros of CSR rows
+    grouped by `group` (one per row; rows with a negative group are left out), sorted by key.
 
-    Entries are bucketed by group (a counting sort), then each group is reduced in dense
-    per-column buffers and emitted in column order: linear apart from sorting each group's
-    touched columns."""
-    n = len(group)
-    lo, hi = group.min(), group.max()
+    Rows are bucketed by group (a counting sort over rows, so each row's non-zeros are read
+    contiguously), each group is reduced in dense per-column buffers and emitted in column order.
+    """
+    n_rows = len(group)
+    lo, hi = 0, -1
+    for r in range(n_rows):
+        g = group[r]
+        if g >= 0:
+            if hi < lo:
+                lo, hi = g, g
+            lo, hi = min(lo, g), max(hi, g)
     ng = hi - lo + 1
     start = np.zeros(ng + 1, np.int64)
-    for j in range(n):
-        start[group[j] - lo + 1] += 1
+    nnz = 0
+    for r in range(n_rows):
+        if group[r] >= 0:
+            start[group[r] - lo + 1] += 1
+            nnz += indptr[r + 1] - indptr[r]
     for g in range(ng):
         start[g + 1] += start[g]
     fill = start[:-1].copy()
-    order = np.empty(n, np.int64)
-    for j in range(n):
-        g = group[j] - lo
-        order[fill[g]] = j
-        fill[g] += 1
+    order = np.empty(start[ng], np.int64)
+    for r in range(n_rows):
+        if group[r] >= 0:
+            g = group[r] - lo
+            order[fill[g]] = r
+            fill[g] += 1
     bmax = np.empty(num_cols, np.float32)
     bsum = np.empty(num_cols, np.float64)
     bcnt = np.zeros(num_cols, np.int64)
     touched = np.empty(num_cols, np.int64)
-    keys = np.empty(n, np.int64)
-    vmax = np.empty(n, np.float32)
-    vsum = np.empty(n, np.float64)
-    count = np.empty(n, np.int64)
+    keys = np.empty(nnz, np.int64)
+    vmax = np.empty(nnz, np.float32)
+    vsum = np.empty(nnz, np.float64)
+    count = np.empty(nnz, np.int64)
     m = 0
     for g in range(ng):
         t = 0
         for p in range(start[g], start[g + 1]):
-            j = order[p]
-            c, v = col[j], vals[j]
-            if bcnt[c] == 0:
-                touched[t] = c
-                t += 1
-                bmax[c] = v
-                bsum[c] = v
-            else:
-                if v > bmax[c]:
+            r = order[p]
+            for j in range(indptr[r], indptr[r + 1]):
+                c, v = cols[j], vals[j]
+                if bcnt[c] == 0:
+                    touched[t] = c
+                    t += 1
                     bmax[c] = v
-                bsum[c] += v
-            bcnt[c] += 1
+                    bsum[c] = v
+                else:
+                    if v > bmax[c]:
+                        bmax[c] = v
+                    bsum[c] += v
+                bcnt[c] += 1
         # emit in column order: sort the touched columns, or scan all when most are touched
         if t * 16 > num_cols:
             q = 0
@@ -105,12 +117,12 @@ def group_reduce(group, col, vals, num_cols):  # pragma: no cover - compiled
                 if bcnt[c]:
                     touched[q] = c
                     q += 1
-            cols = touched[:t]
+            out = touched[:t]
         else:
-            cols = np.sort(touched[:t])
+            out = np.sort(touched[:t])
         base = (g + lo) * num_cols
         for q in range(t):
-            c = cols[q]
+            c = out[q]
             keys[m] = base + c
             vmax[m] = bmax[c]
             vsum[m] = bsum[c]

@@ -82,14 +82,6 @@ def _reduce(keys, vmax, vsum, count):
             np.add.reduceat(count, starts))
 
 
-def _group_reduce(group: np.ndarray, col: np.ndarray, vals: np.ndarray, F: int
-                  ) -> tuple[np.ndarray, ...]:
-    """(key = group * F + col, max, sum, count) over one batch of entries, sorted by key."""
-    if len(group) == 0:
-        return np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros(0), np.zeros(0, np.int64)
-    return group_reduce(group, col, vals, F)
-
-
 class _UnitSums:
     """Running per-unit (gene) activation sums and fire counts, as sorted keys.
 
@@ -105,17 +97,23 @@ class _UnitSums:
         self.buffered = 0
         self.acc = _KeyedReduce()
 
-    def add(self, unit: np.ndarray, col: np.ndarray, vals: np.ndarray) -> None:
-        self.raw.append((unit, col, vals))
-        self.buffered += len(unit)
+    def add(self, unit: np.ndarray, indptr: np.ndarray, cols: np.ndarray, vals: np.ndarray
+            ) -> None:
+        """CSR rows with their unit (-1: left out)."""
+        self.raw.append((unit, indptr, cols, vals))
+        self.buffered += len(cols)
         if self.buffered >= self.BATCH:
             self._flush()
 
     def _flush(self) -> None:
         if self.raw:
-            cat = [np.concatenate(x) for x in zip(*self.raw)]
+            unit, indptrs, cols, vals = zip(*self.raw)
+            offsets = np.cumsum([0] + [len(c) for c in cols])
+            indptr = np.concatenate([ip[:-1] + o for ip, o in zip(indptrs, offsets)]
+                                    + [offsets[-1:]])
             self.raw, self.buffered = [], 0
-            self.acc.add_part(_group_reduce(*cat, self.F))
+            self.acc.add_part(group_reduce(np.concatenate(unit), indptr, np.concatenate(cols),
+                                           np.concatenate(vals), self.F))
 
     def merge(self, other: "_UnitSums") -> None:
         other._flush()
@@ -212,53 +210,56 @@ class FeatureStats:
         if acts.nnz == 0:
             self._count_tokens(src)
             return
-        rows = np.repeat(np.arange(acts.shape[0]), np.diff(acts.indptr))
         cols = acts.indices.astype(np.int64)
         # a fresh canonical float32: arrays that came through torch carry a float32 dtype
         # instance that sends numpy's ufunc.at down its generic path, 100x slower
         vals = acts.data.astype(np.float32)
-        feature_pass(self.hist, self.act_sum, self.top.values, self.top.ids,
-                     acts.indptr.astype(np.int64), cols, vals, vals.view(np.int32), chunk.start)
+        indptr = acts.indptr.astype(np.int64)
+        feature_pass(self.hist, self.act_sum, self.top.values, self.top.ids, indptr, cols, vals,
+                     vals.view(np.int32), chunk.start)
         if self.top.k == 0:  # otherwise the max is the head of the top list
             np.maximum.at(self.act_max, cols, vals)
 
         on_unit = self._count_tokens(src)
-        keep = on_unit[rows]
-        if keep.any():
-            rows, cols, vals = rows[keep], cols[keep], vals[keep]
-            self._add_cells(src.record[rows], cols, vals)
+        if on_unit.any():
+            self._add_cells(np.where(on_unit, src.record, -1), indptr, cols, vals)
             if self.cfg.per_unit:
-                self.units.add(src.unit[rows], cols, vals)
+                self.units.add(src.unit, indptr, cols, vals)
 
-    def _add_cells(self, rec: np.ndarray, col: np.ndarray, vals: np.ndarray) -> None:
-        # The chunk's last cell may go on in the next chunk: its entries are held back and
-        # joined with the next chunk's first cell, so that parts are disjoint and in order and
-        # the final compaction needs no sort.
+    def _add_cells(self, rec: np.ndarray, indptr: np.ndarray, cols: np.ndarray,
+                   vals: np.ndarray) -> None:
+        # The chunk's last cell may go on in the next chunk: its part is held back and joined
+        # with the next chunk's first cell, so that parts are disjoint and in order and the
+        # final compaction needs no sort.
         F = self.num_features
-        if not np.all(rec[1:] >= rec[:-1]):  # not in record order: sorted at compaction
+        part = group_reduce(rec, indptr, cols, vals, F)
+        kept = rec[rec >= 0]
+        if not np.all(kept[1:] >= kept[:-1]):  # not in record order: sorted at compaction
             self._flush_cells()
-            self.cells.add_part(_group_reduce(rec, col, vals, F))
+            self.cells.add_part(part)
             return
-        start = 0
+        if len(part[0]) == 0:
+            return
         if self._tail is not None:
             tail, self._tail = self._tail, None
-            if tail[0][0] == rec[0]:
-                start = int(np.searchsorted(rec, rec[0], side="right"))
-                tail = tuple(np.concatenate([a, b[:start]])
-                             for a, b in zip(tail, (rec, col, vals)))
-            if start == len(rec):  # the whole chunk continues the held cell
-                self._tail = tail
-                return
-            self.cells.add_part(_group_reduce(*tail, F))
-        cut = int(np.searchsorted(rec, rec[-1], side="left"))
-        self._tail = (rec[cut:], col[cut:], vals[cut:])
-        if cut > start:
-            self.cells.add_part(_group_reduce(rec[start:cut], col[start:cut], vals[start:cut], F))
+            first = part[0][0] // F
+            if tail[0][0] // F == first:
+                n = int(np.searchsorted(part[0], (first + 1) * F))
+                tail = _reduce(*(np.concatenate([a, b[:n]]) for a, b in zip(tail, part)))
+                part = tuple(b[n:] for b in part)
+                if len(part[0]) == 0:  # the whole chunk continues the held cell
+                    self._tail = tail
+                    return
+            self.cells.add_part(tail)
+        cut = int(np.searchsorted(part[0], part[0][-1] // F * F))
+        self._tail = tuple(a[cut:] for a in part)
+        if cut:
+            self.cells.add_part(tuple(a[:cut] for a in part))
 
     def _flush_cells(self) -> None:
         if self._tail is not None:
             tail, self._tail = self._tail, None
-            self.cells.add_part(_group_reduce(*tail, self.num_features))
+            self.cells.add_part(tail)
 
     def _count_tokens(self, src) -> np.ndarray:
         on_unit = src.unit >= 0
