@@ -143,7 +143,7 @@ def _specific_features(table, labels, n: int) -> dict[str, list[int]]:
 
 def _short_genes(table, feature: int, n: int = 3) -> str:
     genes = str(table.set_index("feature").loc[feature].get("top_genes", ""))
-    return " ".join(genes.replace(",", " ").split()[:n])
+    return " ".join(re.sub(r"\([^)]*\)", " ", genes).replace(",", " ").split()[:n])
 
 
 def _feature_summary(table, feature: int) -> dict:
@@ -161,9 +161,11 @@ def _circuits(cfg, ws, cells, labels, folder: Path, progress, cancel) -> dict:
     """One circuit per cell type: its first held-out cell (by index), whatever the model
     predicted for it; the target is the model's own prediction. The model, transcoders and
     cells are loaded once for all of them."""
-    from ..circuits import ReplacementModel, attribute, prune
+    from ..circuits.attribution import attribute
     from ..circuits.export import write_json as write_graph
     from ..circuits.pipeline import load_transcoders
+    from ..circuits.prune import prune
+    from ..circuits.replacement import ReplacementModel
     from ..models import load_model
     from .data import cell_dataset
 
@@ -195,8 +197,9 @@ def _circuits(cfg, ws, cells, labels, folder: Path, progress, cancel) -> dict:
 
 
 def _top_input_genes(pruned, n: int = 8) -> list[str]:
-    """Input genes of the circuit, most influential first."""
+    """Input genes of the circuit, most influential first (prompt words left out)."""
     g = pruned.graph
-    inputs = [int(i) for i in pruned.nodes if g.kind(int(i)) == "input"]
+    inputs = [int(i) for i in pruned.nodes if g.kind(int(i)) == "input"
+              and g.token_genes[g.layer_pos(int(i))[1]]]
     inputs.sort(key=lambda i: pruned.cumulative[i])
     return [g.label(i).strip() for i in inputs[:n]]
