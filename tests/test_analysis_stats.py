@@ -96,6 +96,17 @@ def test_merged_shards_equal_one_pass():
     check_equal(merged, dense_reference(dense, src, 30, 9), dense)
 
 
+def test_tokens_out_of_record_order_equal_dense_computation():
+    # the fast path holds back each chunk's last cell; interleaved records take the sorted path
+    rng = np.random.default_rng(5)
+    dense, src = make_tokens(rng, n_cells=20, density=0.4)
+    order = rng.permutation(len(src))
+    dense, src = dense[order], src[order]
+    res = feature_stats(chunked(dense, src, 11), 7, StatsConfig(top_tokens=3), num_cells=20,
+                        num_units=9)
+    check_equal(res, dense_reference(dense, src, 20, 9), dense)
+
+
 def pairwise_auroc(scores, positive):
     pos, neg = scores[positive], scores[~positive]
     if len(pos) == 0 or len(neg) == 0:
