@@ -215,3 +215,51 @@ def test_window_docks_the_circuit_panel_from_the_analyse_menu(qtbot, tmp_path):
     next(a for a in menu.actions() if a.text() == "Circuit explorer").trigger()
     assert isinstance(w.docks["Circuit"].widget(), CircuitPanel)
     assert w.docks["Circuit"].widget().session is w.session
+
+
+def test_aggregate_over_cells_of_one_type_counts_recurrence(built):
+    from biollm_engine.circuits.aggregate import aggregate
+    from biollm_engine.circuits.pipeline import cell_input
+
+    panel = built["panel"]
+    view = panel.open_view("aggregate")
+    view.cell_type.setCurrentText("CD19+ B")
+    view.n_cells.setValue(2)
+    job = view.run()
+    wait_for(job)
+    agg = view.agg
+    assert agg is not None and agg.n_graphs == 2
+    assert len(view.nodes.points()) == len(agg.keys)
+    assert (agg.counts >= 1).all() and (agg.counts <= 2).all()
+    # the same as aggregating the two cells' graphs directly
+    cells = np.flatnonzero(panel.cells.adata.obs["bulk_labels"] == "CD19+ B")[:2]
+    st = panel.state
+    with CellDataset(DEMO / "cells.h5ad", CellSentenceConfig(top_k=TOP_GENES)) as ds:
+        graphs = []
+        for c in cells:
+            prompt, ids, genes, meta = cell_input(ds, int(c), st.engine.lm.tokenizer)
+            graphs.append(circuits.attribute(st.engine.lm, st.engine.rm, prompt, input_ids=ids,
+                                             max_features=MAX_FEATURES, token_genes=genes,
+                                             merge_genes=True))
+    direct = aggregate(graphs, 0.5, st.node_threshold)
+    assert direct.keys == agg.keys
+    np.testing.assert_array_equal(direct.counts, agg.counts)
+    assert "2 cells" in view.summary.text() and "/2)" in view.top.text()
+    view.close()
+
+
+def test_layer_weights_heatmap_lists_the_top_connections(built):
+    from biollm_engine.circuits import feature_to_feature_weights
+
+    panel = built["panel"]
+    view = panel.open_view("weights")
+    view.show_layers(0, 2)
+    rm = panel.state.engine.rm
+    w = feature_to_feature_weights(rm.transcoders[0], rm.transcoders[2], panel.state.engine.lm)
+    np.testing.assert_allclose(view.image.image, w.numpy(), rtol=1e-5, atol=1e-6)
+    i, j, v = view.connections[0]
+    assert abs(v) == pytest.approx(float(w.abs().max()))
+    assert f"{i}→{j}" in view.list.text()
+    view.show_layers(2, 0)
+    assert "earlier layer to a later one" in view.list.text()
+    view.close()

@@ -307,3 +307,44 @@ def edit_cells(engine: Engine, data: str, cells, edits_by_layer_feature, top_gen
     finally:
         ds.close()
     return out
+
+
+def aggregate_cells(engine: Engine, data: str, cells, top_genes: int, max_features: int,
+                    node_threshold: float = 0.8, progress=None, cancel=None):
+    """The graphs of several cells (their predictions as targets) merged: what recurs."""
+    from biollm_engine.circuits import attribute
+    from biollm_engine.circuits.aggregate import aggregate  # the package name is the module too
+    from biollm_engine.circuits.pipeline import cell_input
+    from biollm_engine.inputs.cells import CellDataset, CellSentenceConfig
+    from biollm_engine.progress import CancelToken
+
+    cells = [int(c) for c in cells]
+    if not cells:
+        raise BioLLMError("no cells of that type to aggregate; choose another cell type.")
+    cancel = cancel or CancelToken()
+    graphs = []
+    ds = CellDataset(data, CellSentenceConfig(top_k=top_genes))
+    try:
+        for c in cells:
+            cancel.raise_if_cancelled()
+            prompt, ids, genes, meta = cell_input(ds, c, engine.lm.tokenizer)
+            graphs.append(attribute(engine.lm, engine.rm, prompt, input_ids=ids,
+                                    max_features=max_features, token_genes=genes,
+                                    merge_genes=True, progress=progress, cancel=cancel,
+                                    meta=meta))
+    finally:
+        ds.close()
+    return aggregate(graphs, min_fraction=0.5, node_threshold=node_threshold)
+
+
+def layer_weights(engine: Engine, layer_a: int, layer_b: int, top: int = 15):
+    """(weights [n_a, n_b], top connections) between two layers' transcoders."""
+    from biollm_engine.circuits import feature_to_feature_weights, top_connections
+
+    tcs = engine.rm.transcoders
+    missing = [x for x in (layer_a, layer_b) if x not in tcs]
+    if missing:
+        raise BioLLMError(f"layer {missing[0]} has no transcoder; choose among layers "
+                          f"{sorted(tcs)}.")
+    w = feature_to_feature_weights(tcs[layer_a], tcs[layer_b], engine.lm)
+    return w, top_connections(w, top)

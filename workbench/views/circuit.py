@@ -81,19 +81,23 @@ class CircuitPanel(QWidget):
         self.result = QLabel("")
         self.result.setWordWrap(True)
         self.bars = pg.PlotWidget(background="w")
-        self.bars.setLabel("left", "Δ probability")
-        self.bars.setMaximumHeight(180)
+        self.bars.setLabel("bottom", "Δ probability of each cell type")
+        self.bars.setMaximumHeight(230)
         self.scatter = pg.PlotWidget(background="w")
         self.scatter.setLabel("bottom", "attribution")
         self.scatter.setLabel("left", "ablation effect")
-        self.scatter.setMaximumHeight(180)
+        self.scatter.setMaximumHeight(230)
 
         buttons = QHBoxLayout()
         for text, tip, slot in (("Figure…", "PNG, SVG or PDF", self.ask_export_figure),
                                 ("JSON…", "circuit-tracer graph JSON", self.ask_export_json),
                                 ("CSV…", "nodes and edges CSV", self.ask_export_csv),
                                 ("Edit CSV…", "intervention result CSV",
-                                 self.ask_export_intervention)):
+                                 self.ask_export_intervention),
+                                ("By cell type…", "circuits of many cells of one type, merged",
+                                 lambda: self.open_view("aggregate")),
+                                ("Layer weights…", "input-invariant feature-to-feature weights",
+                                 lambda: self.open_view("weights"))):
             b = QToolButton(text=text, toolTip=tip)
             b.clicked.connect(lambda *_, f=slot: f())
             buttons.addWidget(b)
@@ -121,7 +125,7 @@ class CircuitPanel(QWidget):
         plots.addWidget(self.bars)
         plots.addWidget(self.scatter)
         lower_lay.addLayout(plots)
-        split = QSplitter(Qt.Orientation.Vertical)
+        self.split = split = QSplitter(Qt.Orientation.Vertical)
         split.addWidget(self.glw)
         split.addWidget(lower)
         split.setSizes([500, 300])
@@ -280,11 +284,12 @@ class CircuitPanel(QWidget):
         self.bars.clear()
         if len(r.labels):
             change = r.prob_change
-            x = np.arange(len(change))
+            y = np.arange(len(change))
             brushes = [pg.mkBrush(POSITIVE if v > 0 else NEGATIVE) for v in change]
-            self.bars.addItem(pg.BarGraphItem(x=x, height=change, width=0.7, brushes=brushes))
-            self.bars.getAxis("bottom").setTicks([[(i, lab[:10]) for i, lab in
-                                                   enumerate(r.labels)]])
+            self.bars.addItem(pg.BarGraphItem(x0=0, y=y, width=change, height=0.7,
+                                              brushes=brushes))
+            self.bars.getAxis("left").setTicks([[(i, lab[:22]) for i, lab in
+                                                 enumerate(r.labels)]])
 
     def edit_selected_cells(self):
         st, c = self.state, self.cells
@@ -347,6 +352,19 @@ class CircuitPanel(QWidget):
 
         job.finished.connect(done)
         return job
+
+    def open_view(self, which: str):
+        """The per-cell-type aggregate or the layer-weights view, in its own window."""
+        from .circuit_aggregate import AggregateView, WeightsView
+
+        view = (AggregateView if which == "aggregate" else WeightsView)(self)
+        view.setWindowFlag(Qt.WindowType.Window)
+        view.setParent(self, Qt.WindowType.Window)
+        view.setWindowTitle("Circuit by cell type" if which == "aggregate" else "Layer weights")
+        view.resize(800, 600)
+        view.show()
+        self.views = getattr(self, "views", []) + [view]
+        return view
 
     # -- exports ------------------------------------------------------------------------------
     def export_figure(self, path, width_px: int = 1800, height_px: int | None = None,

@@ -15,28 +15,24 @@ POSITIVE, NEGATIVE = "#d6604d", "#4393c3"  # red / blue of a diverging map
 WIDTHS = (0.6, 1.6, 3.2)
 KIND_BRUSH = {"feature": "#f4a582", "error": "#bababa", "input": "#92c5de", "logit": "#1b7837"}
 KIND_SYMBOL = {"feature": "o", "error": "s", "input": "t1", "logit": "d"}
-N_LABELS = 24  # nodes named on the graph, most influential first
+N_LABELS = (8, 14)  # genes and features named on the graph, most influential first
 
 
-def layout(state: CircuitState) -> np.ndarray:
-    """[N, 2] positions of every node: x by token position, y by layer (inputs -1)."""
-    g = state.graph
-    xy = np.zeros((g.n_nodes, 2), dtype=np.float64)
-    for i in range(g.n_nodes):
-        layer, pos = g.layer_pos(i)
-        xy[i] = (pos, layer + 1)
-    for j, positions in enumerate(g.input_positions):
-        xy[g.input_start + j, 0] = float(np.mean(positions))
-    xy[g.logit_start:, 0] = (g.n_pos - 1) + np.arange(g.n_logits) * 2.0
-    # features sharing a layer and position fan out within their column
-    f = g.features
-    if len(f):
-        keys = f[:, 0] * (g.n_pos + 1) + f[:, 1]
-        for key in np.unique(keys):
-            idx = np.flatnonzero(keys == key)
-            if len(idx) > 1:
-                xy[idx, 0] += np.linspace(-0.35, 0.35, len(idx))
-                xy[idx, 1] += np.linspace(-0.2, 0.2, len(idx))
+def layout(graph, nodes: np.ndarray, width: float = 100.0) -> np.ndarray:
+    """[N, 2] positions: each row (inputs, one per layer, logits) spreads its drawn nodes evenly
+    across the width in prompt order (genes in rank order), so no row piles up at the last
+    token; y is the layer (inputs -1)."""
+    xy = np.zeros((graph.n_nodes, 2), dtype=np.float64)
+    rows: dict[int, list[tuple[int, int, int]]] = {}
+    for i in nodes.tolist():
+        layer, pos = graph.layer_pos(i)
+        rows.setdefault(layer, []).append((pos, i))
+    for layer, members in rows.items():
+        members.sort()
+        n = len(members)
+        xs = np.linspace(0, width, n + 2)[1:-1] if n > 1 else np.array([width / 2])
+        for x, (_, i) in zip(xs, members):
+            xy[i] = (x, layer + 1)
     return xy
 
 
@@ -52,7 +48,7 @@ class GraphItems:
                 item.setZValue(-10)
                 view.addItem(item)
                 self.edges[sign, b] = item
-        self.highlight = pg.PlotCurveItem(pen=pg.mkPen("#222222", width=2.5))
+        self.highlight = pg.PlotCurveItem(pen=pg.mkPen((30, 30, 30, 150), width=1.5))
         self.highlight.setZValue(-5)
         view.addItem(self.highlight)
         self.nodes = pg.ScatterPlotItem(pxMode=True, hoverable=True)
@@ -68,7 +64,6 @@ class GraphItems:
 
     def set_graph(self) -> None:
         """A new graph: lay it out; the pruning that follows draws it."""
-        self.xy = layout(self.state)
         self.kinds = self.state.graph.kinds()
         self._fit = True
 
@@ -82,6 +77,7 @@ class GraphItems:
         st = self.state
         nodes = st.pruned.nodes
         self.node_ids = nodes
+        self.xy = layout(st.graph, nodes)
         infl = st.influence[nodes]
         top = max(float(infl.max()), 1e-12) if len(infl) else 1.0
         # a few sizes only: pyqtgraph renders each distinct symbol once and reuses it
@@ -113,7 +109,8 @@ class GraphItems:
         g = self.state.graph
         named = [int(i) for i in nodes[kinds == "logit"]]
         order = np.argsort(-infl)
-        named += [int(nodes[j]) for j in order if kinds[j] != "logit"][:N_LABELS]
+        named += [int(nodes[j]) for j in order if kinds[j] == "input"][:N_LABELS[0]]
+        named += [int(nodes[j]) for j in order if kinds[j] == "feature"][:N_LABELS[1]]
         while len(self.labels) < len(named):
             item = pg.TextItem("", color="#222222")
             self.view.addItem(item)
