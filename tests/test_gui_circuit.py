@@ -234,9 +234,10 @@ def test_aggregate_over_cells_of_one_type_counts_recurrence(built):
     # the same as aggregating the two cells' graphs directly
     cells = np.flatnonzero(panel.cells.adata.obs["bulk_labels"] == "CD19+ B")[:2]
     st = panel.state
+    assert cells[0] == built["cell"]  # its graph is the one the panel built
     with CellDataset(DEMO / "cells.h5ad", CellSentenceConfig(top_k=TOP_GENES)) as ds:
-        graphs = []
-        for c in cells:
+        graphs = [st.graph]
+        for c in cells[1:]:
             prompt, ids, genes, meta = cell_input(ds, int(c), st.engine.lm.tokenizer)
             graphs.append(circuits.attribute(st.engine.lm, st.engine.rm, prompt, input_ids=ids,
                                              max_features=MAX_FEATURES, token_genes=genes,
