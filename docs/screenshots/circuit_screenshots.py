@@ -1,0 +1,78 @@
+"""Screenshots of the Circuit and Evaluate panels for the README, from the real application.
+
+    xvfb-run -s "-screen 0 1600x1000x24" python docs/screenshots/circuit_screenshots.py
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+DEMO = HERE.parents[1] / "resources" / "demo"
+
+
+def wait(app, seconds: float, until=lambda: False) -> None:
+    end = time.time() + seconds
+    while time.time() < end and not until():
+        app.processEvents()
+        time.sleep(0.02)
+
+
+def main() -> None:
+    from PySide6.QtCore import QSettings, Qt
+    from PySide6.QtWidgets import QApplication
+
+    from workbench.window import MainWindow
+
+    app = QApplication.instance() or QApplication(sys.argv[:1])
+    tmp = Path(tempfile.mkdtemp())
+    w = MainWindow(settings=QSettings(str(tmp / "s.ini"), QSettings.Format.IniFormat))
+    w.resize(1600, 1000)
+    w.show()
+    wait(app, 1.0)
+    w.open_path(DEMO)
+    cells = w.session.cells
+    wait(app, 60, lambda: cells.n_cells > 0)
+    b_cell = int(np.flatnonzero(cells.adata.obs["bulk_labels"] == "CD19+ B")[0])
+    cells.set_current(b_cell)
+    panel = w.open_panel("Circuit").widget()
+    panel.top_genes, panel.max_features = 25, 120
+    w.resizeDocks([w.docks["Circuit"]], [900], Qt.Orientation.Horizontal)
+    job = panel.explain_cell()
+    wait(app, 400, lambda: not job.active)
+    wait(app, 1.0)
+    st = panel.state
+    top = int(st.graph.adjacency[st.graph.logit_start, : st.graph.n_features].abs().argmax())
+    st.select_node(top)
+    panel.edit_picked()
+    job = panel.run_ablation_check()
+    wait(app, 300, lambda: not job.active)
+    panel.items.show_paths(top)
+    for name in ("Jobs", "Log"):  # room for the circuit; they come back for the next shot
+        w.docks[name].hide()
+    wait(app, 0.5)
+    panel.split.setSizes([540, 420])
+    wait(app, 1.0)
+    w.grab().save(str(HERE / "circuit.png"))
+    w.docks["Jobs"].show()
+
+    ev = w.open_panel("Evaluate").widget()
+    ev.format.setCurrentText("choice")
+    ev.which.setCurrentText("heldout")
+    sae = next(i for i in range(ev.splice.count()) if "sae" in str(ev.splice.itemData(i) or ""))
+    ev.splice.setCurrentIndex(sae)
+    job = ev.run()
+    wait(app, 500, lambda: not job.active)
+    ev.mark("wrong")  # selects them too: the Features panel lists their top features
+    wait(app, 1.5)
+    w.grab().save(str(HERE / "evaluate.png"))
+    w.close()
+
+
+if __name__ == "__main__":
+    main()
