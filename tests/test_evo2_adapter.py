@@ -141,8 +141,8 @@ def test_captured_activations_decompose_the_residual_stream(lm):
     prev = acts["embed"]
     for i in range(lm.num_layers):
         # residual after block i = before + mixer contribution + MLP contribution
-        torch.testing.assert_close(acts[f"layers.{i}"],
-                                   prev + acts[f"layers.{i}.attn.out"] + acts[f"layers.{i}.mlp.out"])
+        added = acts[f"layers.{i}.attn.out"] + acts[f"layers.{i}.mlp.out"]
+        torch.testing.assert_close(acts[f"layers.{i}"], prev + added)
         torch.testing.assert_close(lm.model.model.blocks[i].mlp(acts[f"layers.{i}.mlp.in"]),
                                    acts[f"layers.{i}.mlp.out"])
         prev = acts[f"layers.{i}"]

@@ -185,7 +185,8 @@ def _top_windows(data, window_max: np.ndarray, chosen: list[int], n: int) -> pd.
         order = np.argsort(-window_max[:, i], kind="stable")[:n]
         order = order[window_max[order, i] > 0]
         for rank, w in enumerate(order):
-            rows.append(dict(feature=f, rank=rank + 1, window=int(w), value=float(window_max[w, i])))
+            rows.append(dict(feature=f, rank=rank + 1, window=int(w),
+                             value=float(window_max[w, i])))
     df = pd.DataFrame(rows, columns=["feature", "rank", "window", "value"])
     seqs = {w.index: w.seq for w in data.windows(sorted(set(df["window"])))} if len(df) else {}
     df = df.join(table[["name", "start", "end", "strand"]], on="window")
