@@ -210,15 +210,14 @@ class FeatureStats:
         if acts.nnz == 0:
             self._count_tokens(src)
             return
-        cols = acts.indices.astype(np.int64)
-        # a fresh canonical float32: arrays that came through torch carry a float32 dtype
-        # instance that sends numpy's ufunc.at down its generic path, 100x slower
-        vals = acts.data.astype(np.float32)
-        indptr = acts.indptr.astype(np.int64)
+        # the kernels read scipy's arrays as they are: fresh copies cost page faults
+        indptr, cols, vals = acts.indptr.astype(np.int64), acts.indices, acts.data
         feature_pass(self.hist, self.act_sum, self.top.values, self.top.ids, indptr, cols, vals,
                      vals.view(np.int32), chunk.start)
         if self.top.k == 0:  # otherwise the max is the head of the top list
-            np.maximum.at(self.act_max, cols, vals)
+            # a fresh canonical float32: arrays that came through torch carry a float32 dtype
+            # instance that sends numpy's ufunc.at down its generic path, 100x slower
+            np.maximum.at(self.act_max, cols, vals.astype(np.float32))
 
         on_unit = self._count_tokens(src)
         if on_unit.any():
