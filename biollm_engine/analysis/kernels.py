@@ -40,7 +40,8 @@ def topk_insert(top_v, top_i, groups, values, ids):  # pragma: no cover - compil
 @njit(cache=True, nogil=True)
 def feature_pass(hist, act_sum, top_v, top_i, indptr, cols, vals, bits, start):  # pragma: no cover
     """Per-feature statistics of a CSR chunk in one pass: histogram counts (bin from the
-    float32 exponent: searchsorted(stats.HIST_EDGES, v, 'right')), float64 sums, and the top lists (ids = row + start)."""
+    float32 exponent: searchsorted(stats.HIST_EDGES, v, 'right')), float64 sums, and the top
+    lists (ids = row + start)."""
     nb = hist.shape[1]
     K = top_v.shape[1]
     for r in range(len(indptr) - 1):

@@ -51,7 +51,7 @@ class TopK:
     def push(self, groups: np.ndarray, values: np.ndarray, ids: np.ndarray) -> None:
         if self.k == 0 or len(groups) == 0:
             return
-        from .kernels import topk_insert
+        from .kernels import topk_insert  # numba loads only when a top list is filled
 
         topk_insert(self.values, self.ids, np.asarray(groups, dtype=np.int64),
                     np.ascontiguousarray(values, dtype=np.float32),
