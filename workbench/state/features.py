@@ -6,6 +6,7 @@ matrix with three or more columns can be read the same way (principal components
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -71,3 +72,137 @@ def feature_stats(matrix, types=None, labels: dict[int, str] | None = None) -> p
         per_type = (sums.toarray() if sp.issparse(sums) else np.asarray(sums)) / counts[:, None]
         df["top_type"] = np.asarray(cat.categories.astype(str))[np.argmax(per_type, axis=0)]
     return df
+
+
+# -- the engine's feature analysis, cached in the workspace folder ------------------------------
+
+ANALYSIS_DIR = "analysis"
+
+
+class FeatureResults:
+    """A dictionary's analysis as plain arrays: the table plus what the detail views draw.
+
+    Saved as one folder (table.parquet, arrays.npz, cells.npz) so a second launch reads it back
+    instead of running the model again.
+    """
+
+    ARRAYS = ("hist", "hist_edges", "top_cells", "top_cell_values", "top_gene", "top_gene_act",
+              "top_gene_rate", "base_rate", "gene_mean", "genes", "promoted", "promoted_score",
+              "suppressed", "suppressed_score")
+
+    def __init__(self, table, cell_max, **arrays):
+        self.table = table          # pandas DataFrame, one row per feature
+        self.cell_max = cell_max    # scipy CSR [cells, F]: each cell's maximum activation
+        for k in self.ARRAYS:
+            setattr(self, k, arrays.get(k))
+
+    @property
+    def num_features(self) -> int:
+        return len(self.table)
+
+    @classmethod
+    def from_analysis(cls, a) -> "FeatureResults":
+        """From the engine's `FeatureAnalysis` (cells data: genes, cells and the lens known)."""
+        from biollm_engine.analysis.stats import HIST_EDGES
+
+        s = a.stats
+        arrays = {"hist": s.hist, "hist_edges": np.asarray(HIST_EDGES)}
+        if a.top_cells is not None:
+            arrays["top_cell_values"], arrays["top_cells"] = (np.asarray(x) for x in a.top_cells)
+        if a.top_genes is not None:
+            tg = a.top_genes
+            arrays.update(top_gene=tg.gene, top_gene_act=tg.mean_act, top_gene_rate=tg.rate,
+                          base_rate=tg.base_rate)
+            tokens = np.maximum(np.asarray(s.unit_tokens, np.float64), 1)[:, None]
+            arrays["gene_mean"] = np.asarray(s.unit_sum.toarray() / tokens, np.float32)
+        if a.lens is not None:
+            text = np.asarray(a.lens.token_text, dtype=object)
+            arrays.update(promoted=text[a.lens.promoted_ids].astype(str),
+                          promoted_score=a.lens.promoted_scores,
+                          suppressed=text[a.lens.suppressed_ids].astype(str),
+                          suppressed_score=a.lens.suppressed_scores)
+        return cls(a.table.df, s.cell_max, **arrays)
+
+    def with_genes(self, genes) -> "FeatureResults":
+        self.genes = np.asarray([str(g) for g in genes])
+        return self
+
+    def save(self, folder: str | Path) -> Path:
+        import scipy.sparse as sp
+        from biollm_engine.fileio import atomic_dir
+
+        folder = Path(folder)
+        with atomic_dir(folder) as tmp:
+            self.table.to_parquet(tmp / "table.parquet", index=False)
+            sp.save_npz(tmp / "cells.npz", sp.csr_matrix(self.cell_max))
+            np.savez_compressed(tmp / "arrays.npz", **{k: getattr(self, k) for k in self.ARRAYS
+                                                        if getattr(self, k) is not None})
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "FeatureResults":
+        import pandas as pd
+        import scipy.sparse as sp
+        from biollm_engine.errors import BioLLMError
+
+        folder = Path(folder)
+        try:
+            table = pd.read_parquet(folder / "table.parquet")
+            cell_max = sp.load_npz(folder / "cells.npz").tocsr()
+            with np.load(folder / "arrays.npz", allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+        except (OSError, ValueError, KeyError) as e:
+            raise BioLLMError(f"cannot read the feature analysis in {folder} ({e}); delete the "
+                              "folder and analyse again.") from None
+        table["label"] = table["label"].fillna("").astype(str)
+        return cls(table, cell_max, **arrays)
+
+    def per_type_means(self, types) -> tuple[list[str], np.ndarray]:
+        """Mean of each cell's maximum activation per cell type: [types, F]."""
+        import pandas as pd
+        import scipy.sparse as sp
+
+        cat = pd.Categorical(types)
+        n = len(cat)
+        onehot = sp.csr_matrix((np.ones(n), (cat.codes.clip(0), np.arange(n))),
+                               shape=(len(cat.categories), n))
+        counts = np.maximum(np.bincount(cat.codes.clip(0), minlength=len(cat.categories)), 1)
+        sums = np.asarray((onehot @ self.cell_max).todense())
+        return [str(c) for c in cat.categories], sums / counts[:, None]
+
+    def cell_values(self, j: int) -> np.ndarray:
+        return column(self.cell_max, j)
+
+    def gene_values(self, j: int) -> dict[str, float]:
+        """Mean activation of feature j on each gene's tokens (over all cells)."""
+        if self.gene_mean is None or self.genes is None:
+            return {}
+        col = self.gene_mean[:, j]
+        nz = np.flatnonzero(col > 0)
+        return {str(self.genes[g]): float(col[g]) for g in nz}
+
+
+def analysis_folder(workspace_folder: str | Path, dictionary: str | Path) -> Path:
+    name = "_".join(Path(dictionary).parts[-2:]).replace(" ", "_")
+    return Path(workspace_folder) / ANALYSIS_DIR / name
+
+
+def analyse(model: str, data: str, dictionary: str, type_key: str | None, folder: str | Path,
+            progress=None, cancel=None) -> FeatureResults:
+    """Run the engine's feature analysis and cache it in `folder` (a job: progress, cancel)."""
+    from biollm_engine.analysis.pipeline import FeaturesConfig, run_features
+    from biollm_engine.inputs import open_data
+
+    folder = Path(folder)
+    cfg = FeaturesConfig(model=model, data=data, dict=dictionary,
+                         out=str(folder.parent / f"{folder.name}.features.parquet"),
+                         obs_key=[type_key] if type_key else [], device="cpu")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    result = FeatureResults.from_analysis(run_features(cfg, progress, cancel))
+    genes = open_data(data, top_k=cfg.top_k).units
+    result.with_genes(genes).save(folder)
+    return result
+
+
+def load_or_none(folder: str | Path) -> FeatureResults | None:
+    return FeatureResults.load(folder) if (Path(folder) / "table.parquet").exists() else None

@@ -2,6 +2,8 @@
 
 Click a feature to colour the cells by its activation; labels typed here are saved in the
 workspace. The table is a model/proxy pair, so sorting and filtering 16k features stays instant.
+"Analyse" runs the engine's feature analysis of a workspace dictionary as a job and caches it in
+the workspace folder; the detail and heatmap tabs then show the chosen feature.
 """
 
 from __future__ import annotations
@@ -9,11 +11,14 @@ from __future__ import annotations
 import logging
 
 from PySide6.QtCore import Qt
+from pathlib import Path
+
 from PySide6.QtWidgets import (QComboBox, QFileDialog, QHBoxLayout, QLabel, QLineEdit,
-                               QTableView, QToolButton, QVBoxLayout, QWidget)
+                               QSplitter, QTableView, QTabWidget, QToolButton, QVBoxLayout,
+                               QWidget)
 from ..state import features as feat
 from ..state.session import Session
-from .export import copy_table, export_table
+from .export import copy_table
 from .icons import icon_later
 from .table import FrameModel, proxy_for
 
@@ -21,9 +26,14 @@ log = logging.getLogger("workbench")
 
 
 class FeaturesPanel(QWidget):
-    def __init__(self, session: Session, parent=None):
+    def __init__(self, session: Session, runner=None, parent=None):
+        """`runner`: a callable returning the window's JobRunner (made on first use)."""
         super().__init__(parent)
         self.session = session
+        self.runner = runner
+        self.results = None  # FeatureResults of the analysed dictionary
+        self.detail = self.heatmap = None  # made with the first analysis (they load pyqtgraph)
+        self.analysis_job = None
         self.cells = session.cells
         self.key: str | None = None
         self.top_of_selection: list[int] = []
@@ -48,19 +58,35 @@ class FeaturesPanel(QWidget):
         copy = QToolButton(text="Copy", toolTip="Copy the table to the clipboard")
         icon_later(copy, "fa5s.copy")
         copy.clicked.connect(lambda: self.model.df is not None and copy_table(self.model.df))
+        self.dictionary = QComboBox(toolTip="Workspace dictionary to analyse")
+        self.analyse_button = QToolButton(text="Analyse", toolTip=(
+            "Run the feature analysis of this dictionary on the cells (a job; the result is "
+            "cached in the workspace folder)"))
+        self.analyse_button.clicked.connect(self.analyse)
+        row = QHBoxLayout()
+        row.addWidget(self.dictionary, 1)
+        row.addWidget(self.analyse_button)
         top = QHBoxLayout()
         top.addWidget(self.source, 1)
         top.addWidget(save)
         top.addWidget(copy)
         lay = QVBoxLayout(self)
+        lay.addLayout(row)
         lay.addLayout(top)
         lay.addWidget(self.filter)
         self.empty.setAlignment(Qt.AlignmentFlag.AlignTop)
         lay.addWidget(self.empty, 1)
-        lay.addWidget(self.table, 1)
+        self.tabs = QTabWidget()
+        self.split = QSplitter(Qt.Orientation.Vertical)
+        self.split.addWidget(self.table)
+        self.split.addWidget(self.tabs)
+        self.tabs.hide()
+        lay.addWidget(self.split, 1)
         self.selection_top = QLabel("")
         self.selection_top.setWordWrap(True)
         lay.addWidget(self.selection_top)
+        session.workspace_changed.connect(self._on_workspace)
+        self._on_workspace()
 
         self.filter.textChanged.connect(self.proxy.setFilterFixedString)
         self.source.textActivated.connect(self.show_matrix)
@@ -69,7 +95,96 @@ class FeaturesPanel(QWidget):
         self.cells.selection_changed.connect(self._on_selection)
         self._on_loaded()
 
+    # -- the engine's analysis ------------------------------------------------------------------
+    def _on_workspace(self) -> None:
+        ws = self.session.workspace
+        self.dictionary.blockSignals(True)
+        self.dictionary.clear()
+        for d in ws.dictionaries:
+            self.dictionary.addItem(Path(d).name if Path(d).name != d else d, d)
+        cached = [i for i, d in enumerate(ws.dictionaries) if ws.folder is not None
+                  and (feat.analysis_folder(ws.folder, d) / "table.parquet").exists()]
+        if cached:
+            self.dictionary.setCurrentIndex(cached[0])
+        self.dictionary.blockSignals(False)
+
+    def analysis_folder(self) -> Path | None:
+        ws, d = self.session.workspace, self.dictionary.currentData()
+        return None if ws.folder is None or d is None else feat.analysis_folder(ws.folder, d)
+
+    def load_cached(self) -> bool:
+        """Show the cached analysis of the chosen dictionary; returns whether there was one."""
+        folder = self.analysis_folder()
+        results = feat.load_or_none(folder) if folder is not None else None
+        if results is not None and results.cell_max.shape[0] == self.cells.n_cells:
+            self.show_results(results, folder.name)
+            return True
+        return False
+
+    def analyse(self):
+        """Run the analysis as a job (progress, cancel); the cache is used when present."""
+        if self.load_cached():
+            return None
+        ws, c = self.session.workspace, self.cells
+        folder = self.analysis_folder()
+        if folder is None or not ws.model or c.path is None or self.runner is None:
+            log.warning("analyse: open a workspace with a model, a dictionary and cells first")
+            return None
+        from functools import partial
+
+        from ..state.jobs import DONE
+
+        fn = partial(feat.analyse, ws.model, str(c.path), self.dictionary.currentData(),
+                     c.type_key, folder)
+        job = self.runner().submit(f"Analyse {folder.name}", fn)
+        self.analysis_job = job
+        job.finished.connect(lambda status: status == DONE and self.show_results(job.result,
+                                                                                  folder.name))
+        return job
+
+    def show_results(self, results, name: str) -> None:
+        from .feature_detail import FeatureDetail
+        from .heatmap import HeatmapView
+
+        if self.detail is None:
+            self.detail, self.heatmap = FeatureDetail(self.cells), HeatmapView()
+            self.tabs.addTab(self.detail, "Detail")
+            self.tabs.addTab(self.heatmap, "Heatmap")
+        self.results = results
+        # where the engine's write-back puts them, so hover and selection read them too
+        self.key = self.cells.activation_key = f"X_{name}"
+        self.cells.adata.obsm[self.key] = results.cell_max
+        self.detail.set_results(results)
+        self.empty.hide()
+        self.table.show()
+        self.tabs.show()
+        labels = self.session.workspace.feature_labels
+        df = results.table.copy()
+        df["label"] = [labels.get(f"{self.key}:{j}", v) for j, v in zip(df["feature"], df["label"])]
+        first = [c for c in ("feature", "label", "frequency", "max") if c in df]
+        first += [c for c in df if c.startswith(("best_", "auroc_"))] + (
+            ["top_genes"] if "top_genes" in df else [])
+        self.model.set_frame(df[first + [c for c in df if c not in first]])
+        self.table.resizeColumnsToContents()
+        c = self.cells
+        if c.type_key and c.adata is not None:
+            self.heatmap.show_results(results, c.adata.obs[c.type_key].values)
+
+    def show_feature(self, j: int) -> None:
+        """Colour the cells and the clicked cell's sentence by feature j; fill the detail."""
+        label = self.session.workspace.feature_labels.get(f"{self.key}:{j}", "")
+        name = f"{self.key}:{j}" + (f" {label}" if label else "")
+        if self.results is not None:
+            self.cells.gene_values = self.results.gene_values(j)
+            self.cells.set_values(self.results.cell_values(j), name)
+            self.detail.show_feature(j, label)
+            self.cells.current_changed.emit()  # the sentence chips take the new gene values
+        else:
+            self.cells.set_values(feat.column(self.cells.adata.obsm[self.key], j), name)
+
     def _on_loaded(self) -> None:
+        if self.load_cached():
+            return
         keys = feat.activation_keys(self.cells.adata)
         self.source.blockSignals(True)
         self.source.clear()
@@ -80,6 +195,8 @@ class FeaturesPanel(QWidget):
     def show_matrix(self, key: str | None) -> None:
         """Compute the table for obsm[key] in a worker; None or "(none)" clears it."""
         key = None if key in (None, "(none)") else key
+        self.results = None
+        self.tabs.hide()
         self.key = self.cells.activation_key = key
         self._on_selection()
         self.source.setCurrentText(key or "(none)")
@@ -121,10 +238,7 @@ class FeaturesPanel(QWidget):
         if not current.isValid() or self.key is None:
             return
         row = self.proxy.mapToSource(current).row()
-        j = int(self.model.df["feature"].iat[row])
-        label = self.model.df["label"].iat[row]
-        values = feat.column(self.cells.adata.obsm[self.key], j)
-        self.cells.set_values(values, f"{self.key}:{j}" + (f" {label}" if label else ""))
+        self.show_feature(int(self.model.df["feature"].iat[row]))
 
     def _label_edited(self, row: int, _col: str, value: str) -> None:
         j = int(self.model.df["feature"].iat[row])
@@ -138,4 +252,11 @@ class FeaturesPanel(QWidget):
         path, _ = QFileDialog.getSaveFileName(self, "Export feature table", "features.csv",
                                               "CSV (*.csv);;TSV (*.tsv);;Parquet (*.parquet)")
         if path and self.model.df is not None:
-            export_table(self.model.df, path)
+            self.export(path)
+
+    def export(self, path: str | Path) -> Path:
+        """CSV / TSV / Parquet by suffix; labels written in an earlier export of the same file
+        are kept where this table has none."""
+        from biollm_engine.analysis.table import FeatureTable
+
+        return FeatureTable(self.model.df).save(path)

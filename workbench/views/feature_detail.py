@@ -1,0 +1,145 @@
+"""One feature in detail: how strongly it fires, in which cells, on which genes, what it writes.
+
+Plots are pyqtgraph (this module loads with the first analysis, after start-up). Clicking a top
+cell selects it on the embedding through the cells state.
+"""
+
+from __future__ import annotations
+
+import html
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtWidgets import QGridLayout, QLabel, QListWidget, QListWidgetItem, QWidget
+
+from ..state.cells import CellsState
+from ..state.features import FeatureResults
+
+BAR = (70, 130, 180)
+BACKGROUND = (200, 80, 60)
+
+
+def _plot(title: str) -> pg.PlotWidget:
+    w = pg.PlotWidget(background="w")
+    w.setTitle(title, color="#222", size="9pt")
+    w.setMenuEnabled(False)
+    w.setMinimumHeight(150)
+    return w
+
+
+def hbars(plot: pg.PlotWidget, names: list[str], values, colour=BAR) -> None:
+    """Horizontal bars, first name at the top, each labelled on the left axis."""
+    plot.clear()
+    n = len(names)
+    y = np.arange(n)[::-1].astype(float)
+    plot.addItem(pg.BarGraphItem(x0=0, y=y, height=0.7, width=np.asarray(values, float),
+                                 brush=pg.mkBrush(*colour), pen=None))
+    plot.getAxis("left").setTicks([[(float(y[i]), names[i]) for i in range(n)]])
+    plot.setYRange(-0.6, max(n - 0.4, 0.6), padding=0)
+
+
+class FeatureDetail(QWidget):
+    def __init__(self, cells: CellsState, parent=None):
+        super().__init__(parent)
+        self.cells = cells
+        self.results: FeatureResults | None = None
+        self.feature: int | None = None
+        self.title = QLabel("Choose a feature in the table.")
+        self.title.setWordWrap(True)
+        self.hist = _plot("Activation histogram (tokens that fire)")
+        self.hist.setLabel("bottom", "activation (log₂ bin)")
+        self.genes = _plot("Top genes: firing rate on the gene vs. all genes (red)")
+        self.types = _plot("Mean activation per cell type")
+        self.top_cells = QListWidget()
+        self.top_cells.setToolTip("Click a cell to select it on the embedding")
+        self.top_cells.itemClicked.connect(self._cell_clicked)
+        self.lens = QLabel("")
+        self.lens.setWordWrap(True)
+        grid = QGridLayout(self)
+        grid.addWidget(self.title, 0, 0, 1, 2)
+        grid.addWidget(self.hist, 1, 0)
+        grid.addWidget(self.genes, 1, 1)
+        grid.addWidget(self.types, 2, 0)
+        grid.addWidget(self.top_cells, 2, 1)
+        grid.addWidget(self.lens, 3, 0, 1, 2)
+
+    def set_results(self, results: FeatureResults | None) -> None:
+        self.results, self.feature = results, None
+
+    def show_feature(self, j: int, label: str = "") -> None:
+        r = self.results
+        if r is None:
+            return
+        self.feature = j
+        row = r.table.iloc[j]
+        self.title.setText(f"<b>Feature {j}</b>{' — ' + html.escape(label) if label else ''}: "
+                           f"fires on {row['frequency']:.2%} of tokens, max {row['max']:.3g}")
+        self._histogram(r, j)
+        self._genes(r, j)
+        self._types(r, j)
+        self._cells(r, j)
+        self._lens(r, j)
+
+    def _histogram(self, r, j) -> None:
+        self.hist.clear()
+        counts = np.asarray(r.hist[j], float)
+        edges = np.log2(np.asarray(r.hist_edges, float))
+        x = np.concatenate([[edges[0] - 1], edges])[:len(counts)]
+        self.hist.addItem(pg.BarGraphItem(x=x + 0.5, height=counts, width=0.9,
+                                          brush=pg.mkBrush(*BAR), pen=None))
+
+    def _genes(self, r, j) -> None:
+        if r.top_gene is None or r.genes is None:
+            self.genes.clear()
+            return
+        keep = r.top_gene[j] >= 0
+        names = [str(r.genes[g]) for g in r.top_gene[j][keep]]
+        self.gene_names = names
+        hbars(self.genes, names, r.top_gene_rate[j][keep])
+        self.genes.addItem(pg.InfiniteLine(pos=float(r.base_rate[j]), angle=90,
+                                           pen=pg.mkPen(*BACKGROUND, width=2)))
+
+    def _types(self, r, j) -> None:
+        c = self.cells
+        if c.adata is None or not c.type_key or r.cell_max.shape[0] != c.n_cells:
+            self.types.clear()
+            self.type_means = {}
+            return
+        names, means = r.per_type_means(c.adata.obs[c.type_key].values)
+        order = np.argsort(-means[:, j])
+        self.type_means = {names[i]: float(means[i, j]) for i in order}
+        hbars(self.types, [names[i] for i in order], means[order, j])
+
+    def _cells(self, r, j) -> None:
+        self.top_cells.clear()
+        if r.top_cells is None:
+            return
+        c = self.cells
+        for i, v in zip(r.top_cells[j], r.top_cell_values[j]):
+            if i < 0 or v <= 0 or i >= c.n_cells:
+                continue
+            kind = f" · {c.cell_type(int(i))}" if c.type_key else ""
+            item = QListWidgetItem(f"{c.cell_id(int(i))}{kind} · {v:.3g}")
+            item.setData(256, int(i))
+            self.top_cells.addItem(item)
+
+    def _cell_clicked(self, item: QListWidgetItem) -> None:
+        i = int(item.data(256))
+        self.cells.select([i])
+        self.cells.set_current(i)
+
+    def _lens(self, r, j) -> None:
+        if r.promoted is None:
+            self.lens.setText("")
+            return
+
+        def words(tokens, scores):
+            return ", ".join(f"{html.escape(str(t))} ({s:+.2f})" for t, s in zip(tokens, scores))
+
+        best = r.table.iloc[j]
+        extra = "".join(f" · best {k.split('_', 1)[1].replace('_', ' ')}: "
+                        f"<b>{html.escape(str(best[k]))}</b>"
+                        for k in ("promoted_gene", "promoted_cell_type") if k in r.table)
+        self.lens.setText(f"<b>Logit lens</b>{extra}<br><b>promotes</b> "
+                          f"{words(r.promoted[j][:8], r.promoted_score[j][:8])}<br>"
+                          f"<b>suppresses</b> {words(r.suppressed[j][:8], r.suppressed_score[j][:8])}")
