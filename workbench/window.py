@@ -121,6 +121,8 @@ class MainWindow(QMainWindow):
         a = self.menuBar().addMenu("&Analyse")
         self._action(a, "Circuit explorer", lambda: self.open_panel("Circuit"))
         self._action(a, "Evaluate annotation", lambda: self.open_panel("Evaluate"))
+        self._action(a, "Analyse features", self.features_panel.analyse)
+        self._action(a, "Train dictionaries…", self.ask_train)
         h = self.menuBar().addMenu("&Help")
         self._action(h, "About", self._about)
 
@@ -140,6 +142,12 @@ class MainWindow(QMainWindow):
         self.docks[name].show()
         self.docks[name].raise_()
         return self.docks[name]
+
+    def ask_train(self) -> None:
+        """The train dialog (magicgui over TrainConfig); the run goes to a child process."""
+        from .views.dialogs import ask_and_train
+
+        ask_and_train(self)
 
     def _about(self) -> None:
         QMessageBox.about(self, f"About {TITLE}",
