@@ -35,4 +35,16 @@ def run(args: argparse.Namespace) -> int:
     for key, label in _ROWS:
         if result.get(key) is not None:
             print(f"  {label:<20} {result[key]:.4g}")
+    for model in ("base", "finetuned"):  # crosscoders across two models
+        for key, label in _ROWS:
+            if result.get(f"{key}_{model}") is not None:
+                print(f"  {label + ' ' + model:<30} {result[f'{key}_{model}']:.4g}")
+    norms = result.get("decoder_norms")
+    if norms:
+        low, high = norms["thresholds"]
+        print(f"  latents by relative decoder norm {norms['relative_norm']}:")
+        for key in [k for k in norms if k.endswith("_only")][:1] + ["shared"] + \
+                [k for k in norms if k.endswith("_only")][1:]:
+            print(f"    {key:<18} {norms[key]:.1%}")
+        print(f"    (only: r < {low} or r > {high}; shared: {low} <= r <= {high})")
     return 0

@@ -32,6 +32,9 @@ class DictionaryConfig:
     sources: list[str] = field(default_factory=list, metadata={
         "help": "crosscoder sources: hookpoints, or model:hookpoint for model diffing"})
     model: str = field(default="", metadata={"help": "id or path of the model it was trained on"})
+    models: dict[str, str] = field(default_factory=dict, metadata={
+        "help": "crosscoders across models: the model id or path of each source label, e.g. "
+                "{'base': ..., 'finetuned': ...} for sources 'base:layers.3', 'finetuned:layers.3'"})
     jumprelu_threshold: float = field(default=0.0, metadata={
         "help": "initial JumpReLU threshold; 0 sets it from the first batch so that about k "
                 "latents fire per token"})

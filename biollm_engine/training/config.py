@@ -29,11 +29,16 @@ class TrainConfig:
                                        "checkpoints, metrics.jsonl"})
     model: str | None = _opt(None, "model name or folder (needed for live data and the spliced "
                                    "evaluation; defaults to the model the cache was harvested from)")
+    model2: str | None = _opt(None, "crosscoders across two models (model diffing): the "
+                                    "fine-tuned model, read at the same --hookpoint as --model "
+                                    "(the base) on the same data; needs the same tokenizer")
     data: str | None = _opt(None, "input file (cells .h5ad, DNA FASTA/GenBank, text); activations "
                                   "are computed live from the model")
     data_option: list[str] = _list("reader option KEY=VALUE for --data, e.g. top_k=100 "
                                    "(as in biollm harvest)")
     cache: str | None = _opt(None, "activation cache folder written by `biollm harvest`")
+    cache2: str | None = _opt(None, "crosscoders across two models: the fine-tuned model's "
+                                    "activation cache, harvested on the same data as --cache")
     hookpoint: list[str] = _list("hookpoint to train on, e.g. layers.3 or layers.3.mlp.in; "
                                  "several train in one pass")
     target: list[str] = _list("transcoders: output hookpoint for each --hookpoint (default "
@@ -81,8 +86,11 @@ class TrainConfig:
             raise BioLLMError("--data needs --model: live activations come from the model.")
         if not self.hookpoint:
             raise BioLLMError("give at least one --hookpoint, e.g. --hookpoint layers.1.")
-        if self.kind == "crosscoder" and len(self.hookpoint) < 2:
-            raise BioLLMError("a crosscoder reads several hookpoints; give --hookpoint twice or more.")
+        if self.two_models:
+            self._check_two_models()
+        elif self.kind == "crosscoder" and len(self.hookpoint) < 2:
+            raise BioLLMError("a crosscoder reads several hookpoints; give --hookpoint twice or "
+                              "more, or compare two models with --model2 (or --cache2).")
         if self.target and self.kind not in ("transcoder", "skip_transcoder"):
             raise BioLLMError("--target is only for transcoders (--kind transcoder).")
         if self.target and len(self.target) != len(self.hookpoint):
@@ -94,6 +102,34 @@ class TrainConfig:
                 raise BioLLMError(f"--{name.replace('_', '-')} must be positive.")
         if self.latents is not None and self.latents <= 0:
             raise BioLLMError("--latents must be positive.")
+
+    @property
+    def two_models(self) -> bool:
+        return self.model2 is not None or self.cache2 is not None
+
+    def _check_two_models(self) -> None:
+        if self.kind != "crosscoder":
+            raise BioLLMError("--model2/--cache2 train a crosscoder across two models; add "
+                              "--kind crosscoder.")
+        if len(self.hookpoint) != 1:
+            raise BioLLMError("a crosscoder across two models reads one --hookpoint in each "
+                              f"model; got {len(self.hookpoint)}.")
+        if self.data is not None and self.model2 is None:
+            raise BioLLMError("--data with two models needs --model2 (the fine-tuned model).")
+        if self.data is not None and self.cache2 is not None:
+            raise BioLLMError("--cache2 goes with --cache; with --data give --model2.")
+        if self.cache is not None and self.cache2 is None:
+            raise BioLLMError("--cache with two models needs --cache2 (the fine-tuned model's "
+                              "cache, harvested on the same data).")
+
+    def sources(self) -> list[str]:
+        """What a crosscoder reads, in order: the hookpoints, or for two models
+        'base:HP' and 'finetuned:HP'."""
+        if self.two_models:
+            from .pair import LABELS, source_name
+
+            return [source_name(label, self.hookpoint[0]) for label in LABELS]
+        return list(self.hookpoint)
 
     def targets(self) -> list[str]:
         """The output hookpoint of each input hookpoint (itself, except for transcoders)."""

@@ -10,6 +10,8 @@ from ..errors import BioLLMError
 @dataclass(kw_only=True)
 class EvalConfig:
     model: str = field(metadata={"help": "model name or folder"})
+    model2: str | None = field(default=None, metadata={
+        "help": "crosscoders across two models: the fine-tuned model (--model is the base)"})
     data: str = field(metadata={"help": "input file (cells .h5ad, DNA FASTA/GenBank, text)"})
     data_option: list[str] = field(default_factory=list, metadata={
         "help": "reader option KEY=VALUE, e.g. top_k=100 (as in biollm harvest)"})
@@ -33,10 +35,12 @@ def check_widths(lm, dictionary) -> None:
     """The dictionary must fit the model's hookpoints it reads and writes."""
     from ..dictionaries import check_fits
     from ..models import resolve_hookpoint
+    from .pair import split_source
     from .splice_eval import reads, writes
 
     def width(name: str) -> int:
-        return resolve_hookpoint(lm, name).width
+        # a two-model crosscoder's 'base:HP' and 'finetuned:HP' are both HP in `lm`
+        return resolve_hookpoint(lm, split_source(name)[1]).width
 
     for source, target in zip(reads(dictionary.cfg), writes(dictionary.cfg)):
         check_fits(dictionary, width(source), width(target))
@@ -58,10 +62,28 @@ def evaluate(cfg: EvalConfig) -> dict:
     if not dictionary.cfg.hookpoint:
         raise BioLLMError(f"dictionary {cfg.dict} does not record its hookpoint; give --hookpoint.")
     data = open_data(cfg.data, **parse_data_options(cfg.data_option))
+    two = bool(dictionary.cfg.models)
+    if two and cfg.model2 is None:
+        raise BioLLMError(f"{cfg.dict} is a crosscoder across two models "
+                          f"({', '.join(f'{k}: {v}' for k, v in dictionary.cfg.models.items())}); "
+                          "give --model BASE and --model2 FINETUNED.")
+    if not two and cfg.model2 is not None:
+        raise BioLLMError(f"--model2 is for crosscoders across two models; {cfg.dict} reads one.")
     lm = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
     check_widths(lm, dictionary)
     dictionary = dictionary.to(lm.device)
     evalset = EvalSet.held_out(lm, data, cfg.cells, cfg.seed, cfg.max_length)
-    result = evaluate_dictionary(lm, dictionary, evalset)
+    if two:
+        from .pair import LABELS, check_pair, evaluate_pair
+
+        lm2 = load_model(cfg.model2, device=cfg.device, dtype=cfg.dtype)
+        check_pair(lm, lm2, dictionary.cfg.hookpoint)
+        result = evaluate_pair(dict(zip(LABELS, (lm, lm2))), dictionary, evalset)
+    else:
+        result = evaluate_dictionary(lm, dictionary, evalset)
+    if dictionary.cfg.n_sources == 2:
+        from .pair import decoder_norm_shares
+
+        result["decoder_norms"] = decoder_norm_shares(dictionary)
     return {"dictionary": cfg.dict, "hookpoint": dictionary.cfg.hookpoint,
             "kind": dictionary.cfg.kind, **result}

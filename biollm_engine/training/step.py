@@ -66,7 +66,7 @@ class TrainStep:
         if y is not None:
             y = y.reshape(x.shape[0], *y.shape[y.dim() - len(tail):]).to(d.device)
         if not self.initialized:
-            self._initialize(x, y)
+            self.initialize(x, y)
         target = (x if y is None else y).reshape(x.shape[0], -1).to(d.dtype)
         n = x.shape[0]
         total_variance = (target - target.mean(0)).pow(2).sum()
@@ -126,8 +126,11 @@ class TrainStep:
         self._pending_fired.zero_()
 
     @torch.no_grad()
-    def _initialize(self, x: Tensor, y: Tensor | None) -> None:
-        """Center the pre-activations and the output at the first batch's means (sparsify)."""
+    def initialize(self, x: Tensor, y: Tensor | None = None) -> None:
+        """Center the pre-activations and the output at the first batch's means (sparsify).
+
+        `step` calls it on its first batch; data-parallel training calls it first with the
+        global batch, so that every rank starts where a single process would."""
         d = self.dictionary
         cfg = d.cfg
         x2 = x.reshape(x.shape[0], -1).to(d.dtype)

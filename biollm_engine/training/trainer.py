@@ -23,11 +23,12 @@ from ..progress import Cancelled, CancelToken, ProgressCallback, ProgressTracker
 from . import checkpoint
 from .config import TrainConfig
 from .distributed import World, average_gradients, gather_rows, init_world, shutdown
+from .pair import decoder_norm_shares, evaluate_pair, pair_batches, split_source
 from .splice_eval import EvalSet, evaluate_dictionary, reads, stack_inputs, writes
 from .streams import CacheStream, LiveStream
 
 # what a resumed run must share with the run that wrote the checkpoint
-_SAME_ON_RESUME = ("model", "data", "data_option", "cache", "hookpoint", "target", "kind",
+_SAME_ON_RESUME = ("model", "model2", "data", "data_option", "cache", "cache2", "hookpoint", "target", "kind",
                    "activation", "latents", "expansion_factor", "k", "batch_size", "seed",
                    "distribute", "genes_only", "max_length", "shuffle_tokens", "eval_cells")
 _REPORTED = ("loss", "fvu", "l0", "dead_frac")
@@ -72,9 +73,11 @@ class _Run:
         self.out = Path(cfg.out)
         self.device = world.device(resolve_device(cfg.device))
         self.lm = None
+        self.lm2 = None
         self.source = None
         self.cache = None
         self.model_id = cfg.model
+        self.model2_id = cfg.model2
         self.total = math.ceil(cfg.tokens / cfg.batch_size)
 
     # --- setup ---------------------------------------------------------------------------
@@ -86,6 +89,21 @@ class _Run:
                 raise BioLLMError("this cache does not record its model; give --model.")
             self.lm = load_model(self.model_id, device=str(self.device), dtype=self.cfg.dtype)
         return self.lm
+
+    def _models(self) -> dict:
+        """Crosscoders across two models: {'base': model, 'finetuned': model}, checked to
+        tokenize alike and to have one width at the hookpoint."""
+        from ..models import load_model
+        from .pair import LABELS, check_pair
+
+        if self.lm2 is None:
+            if not self.model2_id:
+                raise BioLLMError("the fine-tuned model's cache does not record its model; give "
+                                  "--model2.")
+            lm2 = load_model(self.model2_id, device=str(self.device), dtype=self.cfg.dtype)
+            check_pair(self._model(), lm2, self.cfg.hookpoint[0])
+            self.lm2 = lm2
+        return dict(zip(LABELS, (self._model(), self.lm2)))
 
     def _data(self):
         """The data set: --data, or for the evaluation of a cache run the one it came from."""
@@ -102,7 +120,21 @@ class _Run:
 
     def _widths(self) -> dict[str, int]:
         cfg = self.cfg
-        names = list(dict.fromkeys(cfg.hookpoint + cfg.targets()))
+        if cfg.kind == "crosscoder":
+            names = cfg.sources()
+        else:
+            names = list(dict.fromkeys(cfg.hookpoint + cfg.targets()))
+        if cfg.cache is not None and cfg.two_models:
+            from .pair import LABELS, PairedCache
+
+            self.cache = PairedCache(cfg.cache, cfg.cache2)
+            missing = [h for h in names if h not in self.cache.widths]
+            if missing:
+                raise BioLLMError(f"hookpoint {missing[0]!r} is not in both caches {cfg.cache} "
+                                  f"and {cfg.cache2}.")
+            self.model_id = cfg.model or self.cache.model(LABELS[0])
+            self.model2_id = cfg.model2 or self.cache.model(LABELS[1])
+            return {h: self.cache.widths[h] for h in names}
         if cfg.cache is not None:
             from ..cache import ActivationCache
 
@@ -116,6 +148,10 @@ class _Run:
         from ..models import resolve_hookpoint
 
         self._data()  # a missing data file fails before the model loads
+        if cfg.two_models:
+            lms = self._models()
+            return {h: resolve_hookpoint(lms[label], hp).width
+                    for h, (label, hp) in ((h, split_source(h)) for h in names)}
         lm = self._model()
         return {h: resolve_hookpoint(lm, h).width for h in names}
 
@@ -126,7 +162,9 @@ class _Run:
         cfg, widths = self.cfg, self._widths()
         autocast = torch.bfloat16 if self.device.type == "cuda" else None
         # (output folder, hookpoints read, hookpoint written) of each dictionary
-        if cfg.kind == "crosscoder":
+        if cfg.two_models:
+            plans = [(f"{cfg.hookpoint[0]}.base_vs_finetuned", cfg.sources(), "")]
+        elif cfg.kind == "crosscoder":
             plans = [("+".join(cfg.hookpoint), list(cfg.hookpoint), "")]
         else:
             plans = [(h, [h], t) for h, t in zip(cfg.hookpoint, cfg.targets())]
@@ -140,9 +178,9 @@ class _Run:
                 kind=cfg.kind, activation=cfg.activation, d_in=d_in,
                 d_out=widths[target] if target else d_in,
                 num_latents=cfg.latents or cfg.expansion_factor * d_in, k=cfg.k,
-                hookpoint=inputs[0], target=target,
+                hookpoint=split_source(inputs[0])[1], target=target,
                 sources=inputs if cfg.kind == "crosscoder" else [],
-                model=self.model_id or "")
+                model=self.model_id or "", models=self._source_models())
             torch.manual_seed(cfg.seed + i)  # the same weights whichever rank builds it
             d = Dictionary(dcfg).to(self.device)
             step = TrainStep(d, lr=cfg.lr, warmup_steps=cfg.warmup_steps,
@@ -158,6 +196,13 @@ class _Run:
             units.append(Unit(name.replace("/", "_"), d, step))
         return units
 
+    def _source_models(self) -> dict[str, str]:
+        from .pair import LABELS
+
+        if not self.cfg.two_models:
+            return {}
+        return {LABELS[0]: self.model_id or "", LABELS[1]: self.model2_id or ""}
+
     def _stream(self, hookpoints: list[str], eval_records: list[int]):
         cfg, world = self.cfg, self.world
         if cfg.cache is not None:
@@ -171,6 +216,9 @@ class _Run:
         def read(recs):
             examples = data.examples(lm.tokenizer, indices=recs, genes_only=cfg.genes_only,
                                      max_length=cfg.max_length)
+            if cfg.two_models:
+                return pair_batches(self._models(), list(examples), cfg.hookpoint[0],
+                                    cfg.batch_size)
             return live_batches(lm, examples, hookpoints, cfg.batch_size)
 
         return LiveStream(read, records, hookpoints, cfg.batch_size, cfg.shuffle_tokens,
@@ -183,6 +231,8 @@ class _Run:
         if cfg.eval_cells <= 0 or not data_path or not Path(data_path).exists() \
                 or not self.model_id:
             return None
+        if cfg.two_models:
+            self._models()  # both models must be there to evaluate
         lm, data = self._model(), self._data()
         return EvalSet.held_out(lm, data, cfg.eval_cells, cfg.seed, cfg.max_length)
 
@@ -259,7 +309,7 @@ class _Run:
         global batch, so that every rank starts where a single process would."""
         full = gather_rows(batch, self.world)
         for u in units:
-            u.step._initialize(*u.batch(full, self.device))
+            u.step.initialize(*u.batch(full, self.device))
 
     def _restore(self, last: Path, units: list[Unit], stream) -> dict:
         state = checkpoint.read_state(last)
@@ -283,6 +333,8 @@ class _Run:
         return state
 
     def _evaluate(self, units: list[Unit], evalset: EvalSet) -> dict:
+        if self.cfg.two_models:
+            return {u.name: evaluate_pair(self._models(), u.dictionary, evalset) for u in units}
         return {u.name: evaluate_dictionary(self._model(), u.dictionary, evalset) for u in units}
 
     def _save_final(self, units: list[Unit], state: dict, metrics: dict) -> dict[str, Path]:
@@ -295,6 +347,8 @@ class _Run:
                 "wall_time_s": round(state["elapsed_s"], 3),
                 **{k: metrics.get(u.name, {}).get(k) for k in _REPORTED},
                 "eval": state["eval"].get(u.name, {}),
+                **({"decoder_norms": decoder_norm_shares(u.dictionary)}
+                   if u.dictionary.cfg.n_sources == 2 else {}),
                 "config": cfgmod.to_dict(self.cfg),
             }
             paths[u.name] = u.dictionary.save(self.out / u.name)
