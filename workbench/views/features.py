@@ -81,6 +81,7 @@ class FeaturesPanel(QWidget):
         self.split.addWidget(self.table)
         self.split.addWidget(self.tabs)
         self.tabs.hide()
+        self.split.setSizes([260, 520])
         lay.addWidget(self.split, 1)
         self.selection_top = QLabel("")
         self.selection_top.setWordWrap(True)

@@ -55,7 +55,7 @@ class HeatmapView(QWidget):
         self.image = pg.ImageItem(axisOrder="row-major")
         self.image.setColorMap(pg.colormap.get("viridis"))
         self.plot.addItem(self.image)
-        self.plot.setLabel("left", "feature")
+        self.plot.setLabel("bottom", "feature (clustered)")
         top = QHBoxLayout()
         top.addWidget(self.count)
         top.addStretch(1)
@@ -68,15 +68,15 @@ class HeatmapView(QWidget):
         self._args = (results, types)
         self.matrix, self.features, self.types = feature_type_matrix(results, types,
                                                                      self.count.value())
-        self.image.setImage(self.matrix.astype(np.float32), levels=(0, 1))
+        # drawn with cell types as rows: their names read horizontally on the left axis
+        self.image.setImage(self.matrix.T.astype(np.float32), levels=(0, 1))
         n_f, n_t = self.matrix.shape
-        bottom = self.plot.getAxis("bottom")
-        bottom.setTicks([[(i + 0.5, t[:14]) for i, t in enumerate(self.types)]])
-        step = max(1, n_f // 30)
-        self.plot.getAxis("left").setTicks(
+        self.plot.getAxis("left").setTicks([[(i + 0.5, t) for i, t in enumerate(self.types)]])
+        step = max(1, n_f // 20)
+        self.plot.getAxis("bottom").setTicks(
             [[(i + 0.5, str(int(f))) for i, f in enumerate(self.features) if i % step == 0]])
-        self.plot.setLimits(xMin=0, xMax=n_t, yMin=0, yMax=n_f)
-        self.plot.setRange(xRange=(0, n_t), yRange=(0, n_f), padding=0)
+        self.plot.setLimits(xMin=0, xMax=n_f, yMin=0, yMax=n_t)
+        self.plot.setRange(xRange=(0, n_f), yRange=(0, n_t), padding=0)
 
     def frame(self):
         import pandas as pd

@@ -1,0 +1,55 @@
+"""Screenshots of the Features panel on the demo workspace: table + detail, and the heatmap.
+
+    xvfb-run -s "-screen 0 1600x1000x24" python docs/screenshots/features_screenshots.py
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def wait(app, seconds: float, until=lambda: False) -> None:
+    end = time.time() + seconds
+    while time.time() < end and not until():
+        app.processEvents()
+        time.sleep(0.02)
+
+
+def main() -> None:
+    from PySide6.QtCore import QSettings, Qt
+    from PySide6.QtWidgets import QApplication
+
+    from workbench.app import DEMO
+    from workbench.window import MainWindow
+
+    app = QApplication.instance() or QApplication(sys.argv[:1])
+    tmp = Path(tempfile.mkdtemp())
+    w = MainWindow(settings=QSettings(str(tmp / "s.ini"), QSettings.Format.IniFormat))
+    w.resize(1600, 1000)
+    w.open_after_paint = DEMO
+    w.show()
+    panel = w.features_panel
+    wait(app, 60, lambda: panel.results is not None)
+    w.resizeDocks([w.docks["Features"]], [760], Qt.Orientation.Horizontal)
+    r = panel.results
+    j = int(r.table["auroc_bulk_labels"].idxmax())
+    panel.proxy.sort(0)
+    panel.table.selectRow(j)
+    wait(app, 20, lambda: panel.detail.feature == j)
+    cells = w.session.cells
+    cells.set_current(int(r.top_cells[j][0]))
+    wait(app, 3)
+    w.grab().save(str(HERE / "features_detail.png"))
+    panel.tabs.setCurrentWidget(panel.heatmap)
+    wait(app, 2)
+    w.grab().save(str(HERE / "features_heatmap.png"))
+    w.close()
+
+
+if __name__ == "__main__":
+    main()
