@@ -6,24 +6,14 @@ input-invariant view; `intervene` / `ablation_check` edit features and re-run; `
 circuit-tracer JSON and CSV.
 """
 
-import importlib
+from .aggregate import AggregateGraph, aggregate
+from .attribution import attribute, label_token
+from .graph import Graph
+from .interventions import Edit, InterventionResult, ablation_check, intervene
+from .prune import PrunedGraph, prune
+from .replacement import ReplacementModel
+from .weights import feature_to_feature_weights, top_connections
 
-# Exports resolve on first use so that `biollm --help` and the CLI's option parsing (which read
-# `pipeline.CircuitConfig`) do not import torch.
-_EXPORTS = {
-    "AggregateGraph": "aggregate", "aggregate": "aggregate",
-    "attribute": "attribution", "label_token": "attribution",
-    "Graph": "graph",
-    "Edit": "interventions", "InterventionResult": "interventions",
-    "ablation_check": "interventions", "intervene": "interventions",
-    "PrunedGraph": "prune", "prune": "prune",
-    "ReplacementModel": "replacement",
-    "feature_to_feature_weights": "weights", "top_connections": "weights",
-}
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+__all__ = ["AggregateGraph", "Edit", "Graph", "InterventionResult", "PrunedGraph",
+           "ReplacementModel", "ablation_check", "aggregate", "attribute",
+           "feature_to_feature_weights", "intervene", "label_token", "prune", "top_connections"]

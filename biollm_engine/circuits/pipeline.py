@@ -8,14 +8,11 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from ..errors import BioLLMError
 from ..progress import CancelToken, ProgressCallback
-
-if TYPE_CHECKING:
-    from .graph import Graph
-    from .prune import PrunedGraph
+from .graph import Graph
+from .prune import PrunedGraph
 
 
 @dataclass
