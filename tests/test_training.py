@@ -134,12 +134,14 @@ def test_spliced_eval_of_exact_and_of_null_dictionaries(kind, sources, neox, pbm
 
 
 def test_cancel_checkpoints_and_resume_is_exact(cell_cache, tmp_path):
-    kw = dict(cache=str(cell_cache), hookpoint=["layers.0", "layers.1"], tokens=256 * 12,
+    kw = dict(cache=str(cell_cache), hookpoint=["layers.0", "layers.1"], tokens=256 * 24,
               activation="batchtopk", checkpoint_every=4)
     whole = train(small_config(tmp_path / "whole", **kw))
 
     token = CancelToken()
 
+    # Progress reports are throttled (0.1 s), so the first report at or past step 6 may come
+    # several steps later; the budget leaves room for that before the run would finish.
     def stop_at_6(p):
         if p.step >= 6:
             token.cancel()
@@ -148,7 +150,7 @@ def test_cancel_checkpoints_and_resume_is_exact(cell_cache, tmp_path):
     with pytest.raises(Cancelled):
         train(cfg, progress=stop_at_6, cancel=token)
     ckpts = list((tmp_path / "cut" / "checkpoints").iterdir())
-    assert len(ckpts) == 1 and 6 < int(ckpts[0].name.split("-")[1]) < 12  # the newest only
+    assert len(ckpts) == 1 and 6 < int(ckpts[0].name.split("-")[1]) < 24  # the newest only
     with pytest.raises(BioLLMError, match="--resume"):
         train(cfg)
     with pytest.raises(BioLLMError, match="different options"):
