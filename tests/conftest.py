@@ -37,3 +37,14 @@ def pbmc_h5ad(pbmc, tmp_path_factory):
     path = tmp_path_factory.mktemp("pbmc") / "pbmc68k_reduced.h5ad"
     pbmc.write_h5ad(path)
     return path
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny matmuls run faster on one torch thread: a second one only adds synchronisation."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -13,13 +13,7 @@ from biollm_engine.errors import BioLLMError
 from biollm_engine.training.step import TrainStep
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny tensors: OpenMP's second thread only adds synchronisation on a shared 2-core box
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def cell_sentences(adata, n_cells: int = 120, n_genes: int = 24) -> list[str]:

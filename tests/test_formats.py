@@ -14,12 +14,7 @@ from biollm_engine.dictionaries import Dictionary, DictionaryConfig, check_fits,
 from biollm_engine.errors import BioLLMError
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def randomized(d: Dictionary, seed: int = 0) -> Dictionary:

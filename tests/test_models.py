@@ -12,13 +12,7 @@ from biollm_engine.models import (capture, list_hookpoints, load_model, mlp_modu
                                   resolve_hookpoint, run_to, splice)
 from tiny_models import ARCHS, CAUSAL_ARCHS
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny matmuls on a loaded 2-core machine run far faster on one thread than on two."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 TEXTS = ["CD3E CD3D IL7R MALAT1 RPL13 RPS27 LTB CCR7", "NKG7 GNLY GZMB"]
