@@ -5,34 +5,18 @@
 
 from __future__ import annotations
 
-import sys
-import tempfile
-import time
-from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
+from _window import HERE, new_window, wait
 DEMO = HERE.parents[1] / "resources" / "demo"
 
 
-def wait(app, seconds: float, until=lambda: False) -> None:
-    end = time.time() + seconds
-    while time.time() < end and not until():
-        app.processEvents()
-        time.sleep(0.02)
-
-
 def main() -> None:
-    from PySide6.QtCore import QSettings, Qt
-    from PySide6.QtWidgets import QApplication
+    from PySide6.QtCore import Qt
 
-    from workbench.window import MainWindow
 
-    app = QApplication.instance() or QApplication(sys.argv[:1])
-    tmp = Path(tempfile.mkdtemp())
-    w = MainWindow(settings=QSettings(str(tmp / "s.ini"), QSettings.Format.IniFormat))
-    w.resize(1600, 1000)
+    app, w, tmp = new_window()
     w.show()
     wait(app, 1.0)
     w.open_path(DEMO)

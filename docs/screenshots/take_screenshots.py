@@ -7,36 +7,21 @@ Run under a virtual X server:
 from __future__ import annotations
 
 import sys
-import tempfile
-import time
-from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-
-
-def wait(app, seconds: float, until=lambda: False) -> None:
-    end = time.time() + seconds
-    while time.time() < end and not until():
-        app.processEvents()
-        time.sleep(0.02)
+from _window import HERE, new_window, wait
 
 
 def main() -> None:
     import scanpy as sc
-    from PySide6.QtCore import QSettings, Qt
-    from PySide6.QtWidgets import QApplication
+    from PySide6.QtCore import Qt
 
-    from workbench.window import MainWindow
 
-    app = QApplication.instance() or QApplication(sys.argv[:1])
-    tmp = Path(tempfile.mkdtemp())
+    app, w, tmp = new_window()
     path = tmp / "pbmc68k_reduced.h5ad"
     sc.datasets.pbmc68k_reduced().write_h5ad(path)
 
-    w = MainWindow(settings=QSettings(str(tmp / "s.ini"), QSettings.Format.IniFormat))
-    w.resize(1600, 1000)
     w.show()
     wait(app, 1.0)
     w.open_path(path)
