@@ -1,7 +1,12 @@
 """The `biollm` command line.
 
-Each subcommand lives in `biollm_engine/commands/<name>.py` with `add_parser(subparsers)` and
-`run(args) -> int`. A `BioLLMError` ends the command with its one line on stderr and exit code 2.
+Each subcommand lives in `biollm_engine/commands/<name>.py` with `HELP` (its one-line summary),
+`add_parser(subparsers)` and `run(args) -> int`. A `BioLLMError` ends the command with its one line
+on stderr and exit code 2.
+
+Only the command being run builds its full parser: the others are listed by their `HELP`, so that
+`biollm --help` or `biollm train ...` never imports the engine modules the other commands need
+(torch alone takes seconds to import).
 """
 
 from __future__ import annotations
@@ -15,20 +20,34 @@ from . import commands
 from .errors import BioLLMError
 
 
-def build_parser() -> argparse.ArgumentParser:
+def command_names() -> list[str]:
+    return sorted(m.name for m in pkgutil.iter_modules(commands.__path__))
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser with `command`'s options in full (all commands' when None)."""
     parser = argparse.ArgumentParser(
         prog="biollm",
         description="Sparse dictionaries, features and circuits for biological language models.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
-        module = importlib.import_module(f"{commands.__name__}.{info.name}")
-        module.add_parser(sub)
+    for name in command_names():
+        module = importlib.import_module(f"{commands.__name__}.{name}")
+        if command in (None, name) or not hasattr(module, "HELP"):
+            module.add_parser(sub)
+        else:
+            sub.add_parser(name, help=module.HELP)
     return parser
 
 
+def _command_in(argv: list[str]) -> str:
+    """The subcommand named in argv ('' for none, e.g. `biollm --help`)."""
+    return next((a for a in argv if not a.startswith("-")), "")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(_command_in(argv))
     args = parser.parse_args(argv)
     if not getattr(args, "run", None):
         parser.print_help()

@@ -79,3 +79,15 @@ def test_cli_without_command_prints_help_and_exits_2():
     r = subprocess.run([sys.executable, "-m", "biollm_engine"], capture_output=True, text=True)
     assert r.returncode == 2
     assert "usage: biollm" in r.stdout
+
+
+def test_cli_help_lists_every_command_without_importing_torch():
+    # Only the command being run builds its full parser: `biollm --help` must not pay for the
+    # imports (torch, transformers) that the commands need when they run.
+    probe = ("import sys\nfrom biollm_engine.cli import build_parser, command_names\n"
+             "text = build_parser('').format_help()\n"
+             "print([n for n in command_names() if n not in text], "
+             "'torch' in sys.modules, 'transformers' in sys.modules)\n")
+    r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["[]", "False", "False"]

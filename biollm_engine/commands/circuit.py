@@ -5,12 +5,16 @@ from __future__ import annotations
 import argparse
 
 from .. import config
-from ..circuits.pipeline import CircuitConfig
+
+
+HELP = "attribution graph: genes -> transcoder features -> predicted cell type"
 
 
 def add_parser(subparsers) -> None:
+    from ..circuits.pipeline import CircuitConfig
+
     p = subparsers.add_parser(
-        "circuit", help="attribution graph: genes -> transcoder features -> predicted cell type",
+        "circuit", help=HELP,
         description="Replace the model's MLPs by the transcoders in --dicts, attribute the "
                     "prediction for one cell (--cell with --data) or --prompt to input genes, "
                     "features and error nodes, prune by influence and write circuit-tracer "
@@ -20,7 +24,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..circuits.pipeline import build_circuit
+    from ..circuits.pipeline import CircuitConfig, build_circuit
     from ..progress import TqdmProgress
 
     cfg = config.from_args(CircuitConfig, args)

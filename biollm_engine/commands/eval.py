@@ -14,9 +14,12 @@ _ROWS = (("fvu", "FVU"), ("l0", "L0"), ("dead_frac", "dead fraction"),
          ("agreement", "cell-type agreement"))
 
 
+HELP = "measure a dictionary: FVU, L0, dead latents, spliced CE, cell-type agreement"
+
+
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
-        "eval", help="measure a dictionary: FVU, L0, dead latents, spliced CE, cell-type agreement",
+        "eval", help=HELP,
         description="Run the model on records of --data with the dictionary's reconstruction "
                     "spliced in and report reconstruction and downstream metrics.")
     config.add_arguments(p, EvalConfig)

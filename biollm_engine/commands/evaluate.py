@@ -7,13 +7,16 @@ import csv
 import json
 
 from .. import config
-from ..evaluation.config import EvaluateConfig
+
+
+HELP = "cell-type annotation accuracy on labelled cells, with and without dictionaries spliced in"
 
 
 def add_parser(subparsers) -> None:
+    from ..evaluation.config import EvaluateConfig
+
     p = subparsers.add_parser(
-        "evaluate", help="cell-type annotation accuracy on labelled cells, with and without "
-                         "dictionaries spliced in",
+        "evaluate", help=HELP,
         description="Ask the model the cell type of each labelled cell (the C2S prompt, or "
                     "CellVerse multiple choice) and report accuracy, macro-F1, per-type accuracy, "
                     "the confusion matrix and baselines.")
@@ -39,6 +42,8 @@ def run(args: argparse.Namespace) -> int:
     from ..models import load_model
     from ..progress import TqdmProgress
     from .harvest import parse_data_options
+
+    from ..evaluation.config import EvaluateConfig
 
     cfg = config.from_args(EvaluateConfig, args)
     dictionaries = [load_dictionary(d) for d in args.dicts]

@@ -5,12 +5,16 @@ from __future__ import annotations
 import argparse
 
 from .. import config
-from ..analysis.pipeline import FeaturesConfig
+
+
+HELP = "feature table: frequency, top genes, cell types, logit lens"
 
 
 def add_parser(subparsers) -> None:
+    from ..analysis.pipeline import FeaturesConfig
+
     p = subparsers.add_parser(
-        "features", help="feature table: frequency, top genes, cell types, logit lens",
+        "features", help=HELP,
         description="Encode a data set with a dictionary (live from the model, or from an "
                     "activation cache with --cache), write one row per feature to --out "
                     "(.csv/.tsv/.parquet; labels of an earlier export are kept), and optionally "
@@ -20,7 +24,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..analysis.pipeline import run_features
+    from ..analysis.pipeline import FeaturesConfig, run_features
     from ..progress import TqdmProgress
 
     cfg = config.from_args(FeaturesConfig, args)

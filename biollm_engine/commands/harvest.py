@@ -7,7 +7,6 @@ from pathlib import Path
 
 from ..config import add_arguments, from_args
 from ..errors import BioLLMError
-from ..harvest import HarvestConfig
 from .models import add_model_arguments
 
 
@@ -25,8 +24,13 @@ def parse_data_options(items: list[str] | None) -> dict:
     return options
 
 
+HELP = "cache a model's activations on cells, DNA or text"
+
+
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser("harvest", help="cache a model's activations on cells, DNA or text")
+    from ..harvest import HarvestConfig
+
+    p = subparsers.add_parser("harvest", help=HELP)
     p.add_argument("--model", required=True, help="model folder or hub id")
     p.add_argument("--data", required=True, help=".h5ad cells, FASTA / GenBank DNA, .txt / .jsonl text")
     p.add_argument("--out", required=True, help="cache folder to write (an unfinished one resumes)")
@@ -47,6 +51,8 @@ def run(args) -> int:
     from ..inputs import open_data
     from ..models import load_model, resolve_hookpoint
     from ..progress import TqdmProgress
+
+    from ..harvest import HarvestConfig
 
     cfg = from_args(HarvestConfig, args)
     options = parse_data_options(args.data_option)

@@ -15,8 +15,11 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
                    help="run model code shipped with the model (only for models you trust)")
 
 
+HELP = "inspect models"
+
+
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser("models", help="inspect models")
+    p = subparsers.add_parser("models", help=HELP)
     sub = p.add_subparsers(dest="models_command", metavar="ACTION", required=True)
     q = sub.add_parser("inspect", help="list a model's hookpoints with their widths")
     q.add_argument("model", help="model folder or hub id")

@@ -12,9 +12,12 @@ from ..progress import Cancelled, CancelToken, TqdmProgress
 from ..training.config import KINDS, TrainConfig
 
 
+HELP = "train SAEs, transcoders or crosscoders on a model's activations"
+
+
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
-        "train", help="train SAEs, transcoders or crosscoders on a model's activations",
+        "train", help=HELP,
         description="Train sparse dictionaries from an activation cache (--cache) or live from "
                     "the model (--data). Under torchrun, runs data-parallel or splits "
                     "hookpoints over ranks (--distribute).")
