@@ -70,18 +70,18 @@ def test_features_panel_table_click_label_and_export(qtbot, session, cells_with_
     np.testing.assert_allclose(df["max"], acts.max(0), rtol=1e-6)
     per_type = pd.DataFrame(acts).groupby(a.obs["bulk_labels"].values, observed=True).mean()
     assert list(df["top_type"]) == list(per_type.idxmax(axis=0))
-    # sorting by frequency happens in the proxy; the top row is the most frequent feature
+    # a click on the header sorts; the top row is then the most frequent feature
     panel.table.sortByColumn(2, panel.table.horizontalHeader().sortIndicatorOrder().DescendingOrder)
-    top = panel.proxy.index(0, 0)
+    top = panel.model.index(0, 0)
     panel.table.setCurrentIndex(top)
     j = int(np.argmax((acts > 0).mean(0)))
     np.testing.assert_array_equal(session.cells.values[f"X_sae:{j}"], acts[:, j])
     assert session.cells.colour_by == f"X_sae:{j}"
     # typing a label stores it in the workspace
-    panel.proxy.setData(panel.proxy.index(0, 1), "monocyte program")
+    panel.model.setData(panel.model.index(0, 1), "monocyte program")
     assert session.workspace.feature_labels == {f"X_sae:{j}": "monocyte program"}
     panel.filter.setText("monocyte program")
-    assert panel.proxy.rowCount() == 1
+    assert panel.model.rowCount() == 1
     for suffix in (".csv", ".tsv", ".parquet"):
         out = export_table(panel.model.df, tmp_path / f"features{suffix}")
         back = (pd.read_parquet(out) if suffix == ".parquet"

@@ -7,12 +7,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from PySide6.QtCore import Qt
 
 from workbench.state.expression import read_cells
 from workbench.state.features import FeatureResults, analysis_folder
 from workbench.state.session import Session
 from workbench.views.features import FeaturesPanel
-from workbench.views.table import FrameModel, proxy_for
+from workbench.views.table import FrameModel
 
 DEMO = Path(__file__).resolve().parents[1] / "resources" / "demo"
 SAE = "dictionaries/sae/layers.2"
@@ -79,8 +80,8 @@ def test_detail_and_heatmap_show_the_chosen_feature(panel, qtbot):
 
 
 def test_label_persists_in_workspace_and_exports(panel, demo, tmp_path):
-    panel.proxy.sort(0)
-    panel.proxy.setData(panel.proxy.index(3, 1), "monocyte program")
+    panel.model.sort(0)
+    panel.model.setData(panel.model.index(3, 1), "monocyte program")
     ws = panel.session.workspace
     assert ws.feature_labels == {"X_sae_layers.2:3": "monocyte program"}
     panel.session.save_workspace()
@@ -88,12 +89,14 @@ def test_label_persists_in_workspace_and_exports(panel, demo, tmp_path):
     again.open_workspace(demo)
     assert again.workspace.feature_labels == {"X_sae_layers.2:3": "monocyte program"}
     panel.filter.setText("monocyte program")
-    assert panel.proxy.rowCount() == 1
+    assert panel.model.rowCount() == 1
+    # exports write the whole table, in feature order, whatever the filter shows
     for suffix in (".csv", ".tsv", ".parquet"):
         out = panel.export(tmp_path / f"features{suffix}")
         back = (pd.read_parquet(out) if suffix == ".parquet" else
                 pd.read_csv(out, sep="\t" if suffix == ".tsv" else ",", keep_default_na=False))
-        assert len(back) == panel.model.rowCount() == 512
+        assert len(back) == len(panel.model.df) == 512
+        assert list(back["feature"]) == list(range(512))
         assert back.loc[back["feature"] == 3, "label"].item() == "monocyte program"
     # a re-export of a fresh table keeps the label written in the earlier file
     panel.model.df["label"] = ""
@@ -101,18 +104,55 @@ def test_label_persists_in_workspace_and_exports(panel, demo, tmp_path):
     assert back.loc[back["feature"] == 3, "label"].item() == "monocyte program"
 
 
-def test_16k_rows_sort_and_filter(qtbot):
+def test_16k_rows_sort_and_filter_show_the_right_rows(qtbot):
     rng = np.random.default_rng(0)
     n = 16_384
+    freq = rng.random(n)
+    freq[::7] = 0.5  # ties keep feature order in both directions
     df = pd.DataFrame({"feature": np.arange(n), "label": [f"f{i}" for i in range(n)],
-                       "frequency": rng.random(n), "best": rng.choice(["B", "T", "NK"], n)})
+                       "frequency": freq, "best": rng.choice(["B", "T", "NK"], n)})
     model = FrameModel(df, editable=("label",))
-    proxy = proxy_for(model)
     t = time.perf_counter()
-    proxy.sort(2)
-    proxy.setFilterFixedString("f123")
+    model.sort(2)
+    model.set_filter("F123")  # case-insensitive, any column
     print(f"16k rows: sort + filter {1000 * (time.perf_counter() - t):.1f} ms")
-    shown = [int(proxy.data(proxy.index(i, 0))) for i in range(proxy.rowCount())]
-    expected = [i for i in np.argsort(df["frequency"].to_numpy(), kind="stable")
-                if "f123" in f"f{i}"]
-    assert shown == expected
+
+    def shown():
+        return [int(model.data(model.index(i, 0))) for i in range(model.rowCount())]
+
+    by_freq = np.argsort(freq, kind="stable")
+    assert shown() == [i for i in by_freq if "f123" in f"f{i}"]
+    model.sort(2, Qt.SortOrder.DescendingOrder)
+    down = pd.Series(freq).sort_values(ascending=False, kind="stable").index
+    assert shown() == [i for i in down if "f123" in f"f{i}"]
+    model.set_filter("NK")  # a word of another column
+    assert shown() == [i for i in down if df["best"][i] == "NK"]
+    model.set_filter("")
+    assert shown() == list(down)
+    model.sort(1)  # text sorts as text: f0, f1, f10, f100, ...
+    assert [model.data(model.index(i, 1)) for i in range(4)] == ["f0", "f1", "f10", "f100"]
+    # an edit lands on the shown row's feature and is found by the filter at once
+    model.sort(2)
+    j = int(by_freq[5])
+    assert model.setData(model.index(5, 1), "interferon")
+    assert model.df["label"][j] == "interferon"
+    model.set_filter("interferon")
+    assert shown() == [j]
+
+
+def test_table_selection_follows_its_row_through_sort_and_filter(qtbot):
+    from PySide6.QtWidgets import QTableView
+
+    df = pd.DataFrame({"feature": np.arange(6), "label": list("abcdef"),
+                       "max": [3.0, 1.0, 5.0, 2.0, 4.0, 0.5]})
+    model = FrameModel(df)
+    view = QTableView(sortingEnabled=True)
+    qtbot.addWidget(view)
+    view.setModel(model)
+    view.sortByColumn(0, Qt.SortOrder.AscendingOrder)
+    view.setCurrentIndex(model.index(4, 0))  # feature 4
+    view.sortByColumn(2, Qt.SortOrder.DescendingOrder)
+    assert view.currentIndex().row() == 1  # max 4.0 is the second largest
+    assert model.frame_row(view.currentIndex().row()) == 4
+    model.set_filter("e")
+    assert model.rowCount() == 1 and view.currentIndex().row() == 0

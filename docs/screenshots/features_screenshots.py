@@ -21,7 +21,7 @@ def main() -> None:
     w.resizeDocks([w.docks["Features"]], [760], Qt.Orientation.Horizontal)
     r = panel.results
     j = int(r.table["auroc_bulk_labels"].idxmax())
-    panel.proxy.sort(0)
+    panel.model.sort(0)
     panel.table.selectRow(j)
     wait(app, 20, lambda: panel.detail.feature == j)
     cells = w.session.cells

@@ -1,7 +1,8 @@
 """The Features panel: per-feature statistics of the activations stored with the cells.
 
 Click a feature to colour the cells by its activation; labels typed here are saved in the
-workspace. The table is a model/proxy pair, so sorting and filtering 16k features stays instant.
+workspace. The table sorts and filters through a permutation index (views/table.py), so 16k
+features stay instant.
 "Analyse" runs the engine's feature analysis of a workspace dictionary as a job and caches it in
 the workspace folder; the detail and heatmap tabs then show the chosen feature.
 """
@@ -20,7 +21,7 @@ from ..state import features as feat
 from ..state.session import Session
 from .export import copy_table
 from .icons import icon_later
-from .table import FrameModel, proxy_for
+from .table import FrameModel
 
 log = logging.getLogger("workbench")
 
@@ -42,9 +43,8 @@ class FeaturesPanel(QWidget):
         self.filter = QLineEdit(placeholderText="Filter (label, cell type, number)…")
         self.model = FrameModel(editable=("label",))
         self.model.on_edit = self._label_edited
-        self.proxy = proxy_for(self.model)
         self.table = QTableView(sortingEnabled=True)
-        self.table.setModel(self.proxy)
+        self.table.setModel(self.model)
         self.table.setSelectionBehavior(QTableView.SelectionBehavior.SelectRows)
         self.table.setSelectionMode(QTableView.SelectionMode.SingleSelection)
         self.table.verticalHeader().hide()
@@ -89,7 +89,7 @@ class FeaturesPanel(QWidget):
         session.workspace_changed.connect(self._on_workspace)
         self._on_workspace()
 
-        self.filter.textChanged.connect(self.proxy.setFilterFixedString)
+        self.filter.textChanged.connect(self.model.set_filter)
         self.source.textActivated.connect(self.show_matrix)
         self.table.selectionModel().currentRowChanged.connect(self._row_chosen)
         self.cells.loaded.connect(self._on_loaded)
@@ -238,8 +238,7 @@ class FeaturesPanel(QWidget):
     def _row_chosen(self, current, _previous) -> None:
         if not current.isValid() or self.key is None:
             return
-        row = self.proxy.mapToSource(current).row()
-        self.show_feature(int(self.model.df["feature"].iat[row]))
+        self.show_feature(int(self.model.df["feature"].iat[self.model.frame_row(current.row())]))
 
     def _label_edited(self, row: int, _col: str, value: str) -> None:
         j = int(self.model.df["feature"].iat[row])
