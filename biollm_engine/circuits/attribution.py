@@ -220,6 +220,9 @@ def attribute(lm, transcoders, prompt: str | None = None, *, input_ids=None, tar
             infl = _partial_influence(rows[:K + done], row_nodes[:K + done], weights, n_cols + K)
             order = torch.argsort(infl[:n_active], descending=True).numpy()
             pending = order[~visited[order]][:min(update_interval * batch_size, n_rows - done)]
+            # A batch's backward runs down from its deepest target: batches of one layer
+            # (where the group allows) cost about half as much as mixed ones, rows unchanged.
+            pending = pending[np.argsort(feat_layer[pending], kind="stable")]
         for s in range(0, len(pending), batch_size):
             idx = pending[s:s + batch_size]
             vecs = torch.stack([enc[feat_layer[j]][feat_id[j]] for j in idx])

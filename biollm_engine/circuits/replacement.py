@@ -69,6 +69,10 @@ def _frozen_attention(module, query, key, value, attention_mask, scaling=None, d
     return out.transpose(1, 2).contiguous(), pattern
 
 
+def _pass_through(x, *args, **kwargs):
+    return x
+
+
 def _register_attention() -> None:
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, eager_mask
@@ -202,7 +206,7 @@ class ReplacementModel:
 
     def __init__(self, lm, transcoders):
         from ..dictionaries import check_fits
-        from ..models import resolve_hookpoint
+        from ..models import mlp_modules, resolve_hookpoint
 
         if not lm.is_causal:
             raise BioLLMError(f"{lm.name} is not a causal language model; circuits explain a "
@@ -222,6 +226,7 @@ class ReplacementModel:
                        for i in range(self.n_layers)]
         self.mlp_out = [resolve_hookpoint(lm, f"layers.{i}.mlp.out").module
                         for i in range(self.n_layers)]
+        self.mlp_chain = [m for i in range(self.n_layers) for m in mlp_modules(lm, i)]
         self.norms = [_Norm(m, k) for m in lm.base.modules() if (k := _norm_kind(m))]
         self.unembed = lm.model.get_output_embeddings()
         self.embed = lm.model.get_input_embeddings()
@@ -351,9 +356,25 @@ class ReplacementModel:
                 new = new + skip.to(new.dtype)
             return (new,) + tuple(out[1:]) if isinstance(out, tuple) else new
 
-        with self.frozen(trace.frozen), self.mlp_hooks(on_in, on_out):
+        with self.frozen(trace.frozen), self.mlp_hooks(on_in, on_out), self._mlps_skipped():
             final = self.body(inputs_embeds=embeds)
         return xs, final
+
+    @contextlib.contextmanager
+    def _mlps_skipped(self):
+        """The replay replaces every MLP's output, so the MLPs need not run: each module of
+        the chain passes its input through (same width), its hooks still called."""
+        own = [m.__dict__.get("forward") for m in self.mlp_chain]  # e.g. accelerate's wrapper
+        for m in self.mlp_chain:
+            m.forward = _pass_through
+        try:
+            yield
+        finally:
+            for m, f in zip(self.mlp_chain, own):
+                if f is None:
+                    del m.forward
+                else:
+                    m.forward = f
 
     def feature_vectors(self, trace: Trace, layer: int) -> torch.Tensor:
         """[n, d] what each active feature of `layer` writes: activation × decoder row."""
