@@ -2,7 +2,8 @@
 
 Each is a single pass over a chunk's non-zeros with cache-resident buffers: numpy's vectorised
 equivalents need several passes, sorts of combined int64 keys, or scatters into large tables,
-and ran at a fifth of the speed of reading the activation cache.
+and ran at a fifth of the speed of reading the activation cache. All release the GIL, so the
+per-gene reduction runs on a second thread beside the per-token pass.
 """
 
 from __future__ import annotations
@@ -37,97 +38,187 @@ def topk_insert(top_v, top_i, groups, values, ids):  # pragma: no cover - compil
         _insert(top_v, top_i, groups[j], values[j], ids[j])
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _add_to_buffers(cnt, vmax, vsum, touched, t, c, mx, sm, k):  # pragma: no cover - compiled
+    """Add to column c of dense per-column buffers a max `mx`, a sum `sm` and a count `k` (one
+    value v: v, v, 1); -> touched columns. Branch-free: a branch on "first time this column" is
+    mispredicted so often it costs 3x the whole update."""
+    touched[t] = c
+    t += cnt[c] == 0
+    cnt[c] += k
+    vmax[c] = max(vmax[c], mx)
+    vsum[c] += sm
+    return t
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _drain(cnt, vmax, vsum, touched, t, out_cols, out_max, out_sum, out_cnt, m, scale, ordered
+           ):  # pragma: no cover - compiled
+    """Write the buffers' touched columns from `m` on (in column order if `ordered`, else in
+    the order first touched; sum times `scale`; counts only if `out_cnt` is not empty) and
+    clear them for the next group; -> new m."""
+    F = cnt.shape[0]
+    if not ordered:
+        pass
+    elif t * 64 > F:  # a branch-free scan of all columns is cheaper than a sort
+        q = 0
+        for c in range(F):
+            touched[q] = c
+            q += cnt[c] != 0
+    else:
+        touched[:t] = np.sort(touched[:t])
+    for q in range(t):
+        c = touched[q]
+        out_cols[m + q] = c
+        out_max[m + q] = vmax[c]
+        out_sum[m + q] = vsum[c] * scale
+        if len(out_cnt):
+            out_cnt[m + q] = cnt[c]
+        cnt[c] = 0
+        vmax[c] = -np.inf
+        vsum[c] = 0.0
+    return m + t
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _emit_cell(cell, cnt, touched, cmax, csum, out_row, out_len, out_cols, out_max, out_mean,
+               n, m):  # pragma: no cover - compiled
+    """Write the held cell (record, gene tokens, its columns with max and mean); -> (n, m)."""
+    out_row[n, 0] = cell[0]
+    out_row[n, 1] = cell[2]
+    out_len[n] = cell[1]
+    m = _drain(cnt, cmax, csum, touched, cell[1], out_cols, out_max, out_mean, out_row[:0, 0], m,
+               1.0 / cell[2], True)
+    cell[0], cell[1], cell[2] = -1, 0, 0
+    return n + 1, m
+
+
 @njit(cache=True, nogil=True)
-def feature_pass(hist, act_sum, top_v, top_i, indptr, cols, vals, bits, start):  # pragma: no cover
-    """Per-feature statistics of a CSR chunk in one pass: histogram counts (bin from the
-    float32 exponent: searchsorted(stats.HIST_EDGES, v, 'right')), float64 sums, and the top
-    lists (ids = row + start)."""
-    nb = hist.shape[1]
+def chunk_pass(hist, act_sum, act_max, top_v, top_i, indptr, cols, vals, bits, start, record,
+               unit, cell, cnt, touched, cmax, csum, out_row, out_len, out_cols, out_max,
+               out_mean):  # pragma: no cover - compiled
+    """One pass over a CSR chunk for the per-feature statistics and the per-cell reduction.
+
+    Per feature: histogram counts `hist[bin, feature]` (bin from the float32 exponent:
+    searchsorted(stats.HIST_EDGES, v, 'right'); bins as rows keep the few hot ones in cache),
+    float64 sums, max, top lists (ids = row + start). Per cell, over rows with
+    unit >= 0: each column's max and sum in dense buffers (`cnt` zero, `cmax` -inf, `csum` zero
+    where untouched); `cell` = (record, touched columns, gene tokens) of the cell held there,
+    which goes on in the next chunk. A cell is written out when a gene row of another record
+    arrives: `out_row[n] = (record, gene tokens)`, and its `out_len[n]` columns in order with
+    max and mean. Returns (cells written, entries written).
+    """
+    nb = hist.shape[0]
     K = top_v.shape[1]
+    F = act_sum.shape[0]
+    # the K-th best of each feature in a small array: most values stop at one compare there
+    thr = np.full(F, np.inf if K == 0 else -np.inf, np.float32)
+    if K:
+        for f in range(F):
+            if top_i[f, K - 1] >= 0:
+                thr[f] = top_v[f, K - 1]
+    n, m = 0, 0
     for r in range(len(indptr) - 1):
-        for j in range(indptr[r], indptr[r + 1]):
+        lo, hi = indptr[r], indptr[r + 1]
+        for j in range(lo, hi):
             f, v = cols[j], vals[j]
             b = ((bits[j] >> 23) - 127) + 11
-            hist[f, min(max(b, 0), nb - 1)] += 1
+            hist[min(max(b, 0), nb - 1), f] += 1
             act_sum[f] += v
-            if K:
+            act_max[f] = max(act_max[f], v)
+            if v >= thr[f]:
                 _insert(top_v, top_i, f, v, r + start)
+                if top_i[f, K - 1] >= 0:
+                    thr[f] = top_v[f, K - 1]
+        if unit[r] >= 0:
+            if record[r] != cell[0]:
+                if cell[0] >= 0:
+                    n, m = _emit_cell(cell, cnt, touched, cmax, csum, out_row, out_len,
+                                      out_cols, out_max, out_mean, n, m)
+                cell[0] = record[r]
+            cell[2] += 1
+            t = cell[1]
+            for j in range(lo, hi):
+                t = _add_to_buffers(cnt, cmax, csum, touched, t, cols[j], vals[j], vals[j], 1)
+            cell[1] = t
+    return n, m
 
 
 @njit(cache=True, nogil=True)
-def group_reduce(group, indptr, cols, vals, num_cols):  # pragma: no cover - compiled
-    """(key = group * num_cols + col, max, float64 sum, count) over the non-zeros of CSR rows
-    grouped by `group` (one per row; rows with a negative group are left out), sorted by key.
+def cell_flush(cell, cnt, touched, cmax, csum, out_row, out_len, out_cols, out_max, out_mean
+               ):  # pragma: no cover - compiled
+    """Write out the held cell, if any (see `chunk_pass`)."""
+    if cell[0] < 0:
+        return 0, 0
+    return _emit_cell(cell, cnt, touched, cmax, csum, out_row, out_len, out_cols, out_max,
+                      out_mean, 0, 0)
 
-    Rows are bucketed by group (a counting sort over rows, so each row's non-zeros are read
-    contiguously), each group is reduced in dense per-column buffers and emitted in column order.
+
+@njit(cache=True, nogil=True)
+def group_reduce(group, indptr, cols, vals, num_groups, num_cols, bcols, bvals):  # pragma: no cover
+    """Per group, per column: max, float64 sum and count over the non-zeros of CSR rows grouped
+    by `group` (one per row, < num_groups; rows with a negative group are left out), as CSR
+    [num_groups, num_cols] (indptr, cols, max, sum, count), columns in no particular order.
+
+    The non-zeros are first copied group by group into `bcols`, `bvals` (scratch, at least as
+    long as `cols`; a counting sort reading the rows in order), then each group is reduced in
+    dense per-column buffers.
     """
-    n_rows = len(group)
-    lo, hi = 0, -1
-    for r in range(n_rows):
-        g = group[r]
-        if g >= 0:
-            if hi < lo:
-                lo, hi = g, g
-            lo, hi = min(lo, g), max(hi, g)
-    ng = hi - lo + 1
-    start = np.zeros(ng + 1, np.int64)
-    nnz = 0
-    for r in range(n_rows):
+    start = np.zeros(num_groups + 1, np.int64)
+    for r in range(len(group)):
         if group[r] >= 0:
-            start[group[r] - lo + 1] += 1
-            nnz += indptr[r + 1] - indptr[r]
-    for g in range(ng):
+            start[group[r] + 1] += indptr[r + 1] - indptr[r]
+    for g in range(num_groups):
         start[g + 1] += start[g]
     fill = start[:-1].copy()
-    order = np.empty(start[ng], np.int64)
-    for r in range(n_rows):
-        if group[r] >= 0:
-            g = group[r] - lo
-            order[fill[g]] = r
-            fill[g] += 1
-    bmax = np.empty(num_cols, np.float32)
-    bsum = np.empty(num_cols, np.float64)
-    bcnt = np.zeros(num_cols, np.int64)
-    touched = np.empty(num_cols, np.int64)
-    keys = np.empty(nnz, np.int64)
-    vmax = np.empty(nnz, np.float32)
-    vsum = np.empty(nnz, np.float64)
-    count = np.empty(nnz, np.int64)
-    m = 0
-    for g in range(ng):
-        t = 0
-        for p in range(start[g], start[g + 1]):
-            r = order[p]
+    for r in range(len(group)):
+        g = group[r]
+        if g >= 0:
+            p = fill[g]
             for j in range(indptr[r], indptr[r + 1]):
-                c, v = cols[j], vals[j]
-                if bcnt[c] == 0:
-                    touched[t] = c
-                    t += 1
-                    bmax[c] = v
-                    bsum[c] = v
-                else:
-                    if v > bmax[c]:
-                        bmax[c] = v
-                    bsum[c] += v
-                bcnt[c] += 1
-        # emit in column order: sort the touched columns, or scan all when most are touched
-        if t * 16 > num_cols:
-            q = 0
-            for c in range(num_cols):
-                if bcnt[c]:
-                    touched[q] = c
-                    q += 1
-            out = touched[:t]
-        else:
-            out = np.sort(touched[:t])
-        base = (g + lo) * num_cols
-        for q in range(t):
-            c = out[q]
-            keys[m] = base + c
-            vmax[m] = bmax[c]
-            vsum[m] = bsum[c]
-            count[m] = bcnt[c]
-            bcnt[c] = 0
-            m += 1
-    return keys[:m], vmax[:m], vsum[:m], count[:m]
+                bcols[p] = cols[j]
+                bvals[p] = vals[j]
+                p += 1
+            fill[g] = p
+    parts = np.empty((1, num_groups + 1), np.int64)
+    parts[0] = start
+    return _reduce_parts(parts, bcols, bvals, bvals, bvals[:0].astype(np.int64), num_cols,
+                         False)
+
+
+@njit(cache=True, nogil=True)
+def merge_parts(parts, cols, vmax, vsum, count, num_cols, ordered):  # pragma: no cover
+    """Combine CSR parts [G, num_cols] held end to end in (cols, max, sum, count): row g of
+    part p is [parts[p, g], parts[p, g + 1]). -> one CSR part, like `group_reduce`'s (columns
+    in order if `ordered`: only the final result needs them sorted)."""
+    return _reduce_parts(parts, cols, vmax, vsum, count, num_cols, ordered)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _reduce_parts(parts, cols, vmax, vsum, count, F, ordered):  # pragma: no cover - compiled
+    # an empty `count` stands for ones (raw values: max = sum = the value)
+    P, G = parts.shape[0], parts.shape[1] - 1
+    bmax = np.full(F, -np.inf, np.float32)
+    bsum = np.zeros(F, np.float64)
+    bcnt = np.zeros(F, np.int64)
+    touched = np.empty(F + 1, np.int64)
+    n = 0
+    for p in range(P):
+        n += parts[p, G] - parts[p, 0]
+    indptr = np.zeros(G + 1, np.int64)
+    out_cols = np.empty(n, np.int32)
+    out_max = np.empty(n, np.float32)
+    out_sum = np.empty(n, np.float64)
+    out_cnt = np.empty(n, np.int64)
+    raw = len(count) == 0
+    m = 0
+    for g in range(G):
+        t = 0
+        for p in range(P):
+            for j in range(parts[p, g], parts[p, g + 1]):
+                t = _add_to_buffers(bcnt, bmax, bsum, touched, t, cols[j], vmax[j], vsum[j],
+                                    1 if raw else count[j])
+        m = _drain(bcnt, bmax, bsum, touched, t, out_cols, out_max, out_sum, out_cnt, m, 1.0,
+                   ordered)
+        indptr[g + 1] = m
+    return indptr, out_cols[:m].copy(), out_max[:m].copy(), out_sum[:m].copy(), out_cnt[:m].copy()

@@ -12,19 +12,20 @@ that carry a unit (`unit >= 0`: the cell's gene tokens, not its prompt).
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.sparse as sp
 
 from .chunks import EncodedChunk
-from .kernels import feature_pass, group_reduce
+from .kernels import cell_flush, chunk_pass, group_reduce, merge_parts
 from .topk import TopK, grouped_topk
 
 # Fixed log-spaced activation bins, one per octave over [2^-10, 2^10) (about 1e-3 to 1e3), plus
 # one below and one above: bin 0 is (0, 2^-10) (and negatives), bin b is
 # [HIST_EDGES[b-1], HIST_EDGES[b]), the last >= 2^10. Powers of two make the bin of a float32
-# its exponent, read from its bits (kernels.feature_pass): exact, and no search.
+# its exponent, read from its bits (kernels.chunk_pass): exact, and no search.
 HIST_EDGES = 2.0 ** np.arange(-10, 11)
 NUM_BINS = len(HIST_EDGES) + 1
 
@@ -36,93 +37,15 @@ class StatsConfig:
         "help": "accumulate per-gene sums (cells); turn off for DNA, where units are bases"})
 
 
-class _KeyedReduce:
-    """Running (key -> max, sum, count) over int64 keys, compacted as it grows.
-
-    Parts are reduced per chunk; compaction concatenates them and reduces again, skipping the
-    sort when the keys already arrive in order (cells streamed in record order do).
-    """
-
-    def __init__(self):
-        self.parts: list[tuple[np.ndarray, ...]] = []
-        self.size = 0
-        self.compacted = 0
-
-    def add_part(self, part: tuple[np.ndarray, ...]) -> None:
-        if len(part[0]):
-            self.parts.append(part)
-            self.size += len(part[0])
-            if self.size > max(2 * self.compacted, 1 << 22):
-                self.compact()
-
-    def merge(self, other: "_KeyedReduce") -> None:
-        self.parts.extend(other.parts)
-        self.size += other.size
-        self.compact()
-
-    def compact(self) -> tuple[np.ndarray, ...]:
-        if len(self.parts) != 1:
-            cat = [np.concatenate(x) for x in zip(*self.parts)] if self.parts else \
-                [np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros(0), np.zeros(0, np.int64)]
-            self.parts = [_reduce(*cat)]
-        self.size = self.compacted = len(self.parts[0][0])
-        return self.parts[0]
-
-
-def _reduce(keys, vmax, vsum, count):
-    if len(keys) == 0:
-        return keys, vmax, vsum, count
+def _reduce(keys, vmax, vsum):
+    """Sort (key, max, sum) entries by key and combine equal keys."""
     if not np.all(keys[1:] >= keys[:-1]):
         order = np.argsort(keys, kind="stable")
-        keys, vmax, vsum, count = keys[order], vmax[order], vsum[order], count[order]
+        keys, vmax, vsum = keys[order], vmax[order], vsum[order]
     starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
     if len(starts) == len(keys):
-        return keys, vmax, vsum, count
-    return (keys[starts], np.maximum.reduceat(vmax, starts), np.add.reduceat(vsum, starts),
-            np.add.reduceat(count, starts))
-
-
-class _UnitSums:
-    """Running per-unit (gene) activation sums and fire counts, as sorted keys.
-
-    A gene's tokens are scattered over the data set, so raw entries are buffered and reduced
-    in large batches: one reduction over many tokens leaves fewer overlapping parts to merge.
-    """
-
-    BATCH = 1 << 22  # buffered entries per reduction
-
-    def __init__(self, num_features: int):
-        self.F = num_features
-        self.raw: list[tuple[np.ndarray, ...]] = []
-        self.buffered = 0
-        self.acc = _KeyedReduce()
-
-    def add(self, unit: np.ndarray, indptr: np.ndarray, cols: np.ndarray, vals: np.ndarray
-            ) -> None:
-        """CSR rows with their unit (-1: left out)."""
-        self.raw.append((unit, indptr, cols, vals))
-        self.buffered += len(cols)
-        if self.buffered >= self.BATCH:
-            self._flush()
-
-    def _flush(self) -> None:
-        if self.raw:
-            unit, indptrs, cols, vals = zip(*self.raw)
-            offsets = np.cumsum([0] + [len(c) for c in cols])
-            indptr = np.concatenate([ip[:-1] + o for ip, o in zip(indptrs, offsets)]
-                                    + [offsets[-1:]])
-            self.raw, self.buffered = [], 0
-            self.acc.add_part(group_reduce(np.concatenate(unit), indptr, np.concatenate(cols),
-                                           np.concatenate(vals), self.F))
-
-    def merge(self, other: "_UnitSums") -> None:
-        other._flush()
-        self._flush()
-        self.acc.merge(other.acc)
-
-    def compact(self) -> tuple[np.ndarray, ...]:
-        self._flush()
-        return self.acc.compact()
+        return keys, vmax, vsum
+    return keys[starts], np.maximum.reduceat(vmax, starts), np.add.reduceat(vsum, starts)
 
 
 def _csr(keys: np.ndarray, data: np.ndarray, n_rows: int, F: int) -> sp.csr_matrix:
@@ -140,6 +63,196 @@ def _counts_add(counts: np.ndarray, idx: np.ndarray) -> np.ndarray:
         counts = np.concatenate([counts, np.zeros(len(add) - len(counts), np.int64)])
     counts[: len(add)] += add
     return counts
+
+
+def _grown(a: np.ndarray, used: int, need: int) -> np.ndarray:
+    """`a`, or a copy of its first `used` rows with room for at least `need` rows."""
+    if len(a) >= need:
+        return a
+    out = np.empty((max(need, 2 * len(a)),) + a.shape[1:], a.dtype)
+    out[:used] = a[:used]
+    return out
+
+
+def _appended(a: np.ndarray, used: int, more: np.ndarray) -> np.ndarray:
+    a = _grown(a, used, used + len(more))
+    a[used:used + len(more)] = more
+    return a
+
+
+class _Cells:
+    """Per-cell max and mean over gene tokens, as CSR rows appended in place: `kernels.
+    chunk_pass` writes each cell when the next begins; the cell a chunk cuts stays in the dense
+    buffers. Rows are (record, gene tokens) with a length; entries are column, max, mean."""
+
+    def __init__(self, num_features: int):
+        F = self.F = num_features
+        self.cell = np.array([-1, 0, 0], np.int64)  # held record, touched columns, gene tokens
+        self.count = np.zeros(F, np.int32)  # dense buffers of the held cell
+        self.touched = np.empty(F + 1, np.int64)
+        self.cmax = np.full(F, -np.inf, np.float32)
+        self.csum = np.zeros(F, np.float64)
+        self.rows = (np.empty((0, 2), np.int64), np.empty(0, np.int64))
+        self.entries = (np.empty(0, np.int32), np.empty(0, np.float32), np.empty(0, np.float32))
+        self.n = self.m = 0  # rows, entries written
+
+    def buffers(self, rows: int, nnz: int) -> tuple[np.ndarray, ...]:
+        """The kernel's state and where it writes, room for a chunk of `rows` rows and `nnz`
+        non-zeros (the held cell's columns come on top)."""
+        self.rows = tuple(_grown(a, self.n, self.n + rows + 1) for a in self.rows)
+        self.entries = tuple(_grown(a, self.m, self.m + nnz + self.F) for a in self.entries)
+        return ((self.cell, self.count, self.touched, self.cmax, self.csum)
+                + tuple(a[self.n:] for a in self.rows) + tuple(a[self.m:] for a in self.entries))
+
+    def keep(self, n: int, m: int) -> None:
+        self.n += n
+        self.m += m
+
+    def flush(self) -> None:
+        self.keep(*cell_flush(*self.buffers(0, 0)))
+
+    def merge(self, other: "_Cells") -> None:
+        self.flush()
+        other.flush()
+        self.rows = tuple(_appended(a, self.n, b[:other.n]) for a, b in zip(self.rows, other.rows))
+        self.entries = tuple(_appended(a, self.m, b[:other.m])
+                             for a, b in zip(self.entries, other.entries))
+        self.keep(other.n, other.m)
+
+    def result(self, num_cells: int | None) -> tuple[sp.csr_matrix, sp.csr_matrix, np.ndarray]:
+        """(max, mean, gene tokens per cell)."""
+        self.flush()
+        F = self.F
+        (row, lens), (cols, vmax, vmean) = ((a[:self.n] for a in self.rows),
+                                            (a[:self.m] for a in self.entries))
+        rec, ntok = row[:, 0], row[:, 1]
+        n_cells = max(num_cells or 0, int(rec.max()) + 1 if len(rec) else 0)
+        tokens = np.bincount(rec, ntok, minlength=n_cells).astype(np.int64)
+        if np.all(rec[1:] > rec[:-1]):  # each cell written once, in record order: CSR as is
+            indptr = np.zeros(n_cells + 1, np.int64)
+            indptr[rec + 1] = lens
+            indptr = np.cumsum(indptr).astype(cols.dtype if len(cols) < 2**31 else np.int64)
+            return (sp.csr_matrix((vmax, cols, indptr), shape=(n_cells, F)),
+                    sp.csr_matrix((vmean, cols.copy(), indptr.copy()), shape=(n_cells, F)),
+                    tokens)
+        # a cell written in several pieces (tokens out of record order, merged accumulators)
+        keys, vmax, vsum = _reduce(np.repeat(rec, lens) * F + cols, vmax,
+                                   vmean * np.repeat(ntok, lens).astype(np.float64))
+        mean = (vsum / tokens[keys // F]).astype(np.float32)
+        cell_max = _csr(keys, vmax, n_cells, F)
+        return (cell_max, sp.csr_matrix((mean, cell_max.indices.copy(), cell_max.indptr.copy()),
+                                        shape=cell_max.shape), tokens)
+
+
+class _Worker(threading.Thread):
+    """Runs `fn(*args)` on a second thread; `result()` joins and returns it (or raises)."""
+
+    def __init__(self, fn, *args):
+        super().__init__(daemon=True)
+        self.fn, self.args, self.out, self.error = fn, args, None, None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            self.out = self.fn(*self.args)
+        except BaseException as e:  # re-raised in the caller's thread
+            self.error = e
+
+    def result(self):
+        self.join()
+        if self.error is not None:
+            raise self.error
+        return self.out
+
+
+def _reduce_units(raw: list[tuple[np.ndarray, ...]], F: int, scratch: tuple[np.ndarray, ...]
+                  ) -> tuple[np.ndarray, ...]:
+    unit, indptrs, cols, vals = zip(*raw)
+    offsets = np.cumsum([0] + [len(c) for c in cols])
+    indptr = np.concatenate([ip[:-1] + o for ip, o in zip(indptrs, offsets)] + [offsets[-1:]])
+    unit = np.concatenate(unit)
+    return group_reduce(unit, indptr, np.concatenate(cols), np.concatenate(vals),
+                        int(unit.max()) + 1, F, *scratch)
+
+
+def _merge_units(parts: list[tuple[np.ndarray, ...]], F: int, ordered: bool = False
+                 ) -> tuple[np.ndarray, ...]:
+    """One CSR part (indptr, cols, max, sum, count) from several (of any number of rows)."""
+    G = max(len(p[0]) for p in parts) - 1
+    offsets = np.cumsum([0] + [len(p[1]) for p in parts])
+    indptrs = np.stack([np.pad(p[0], (0, G + 1 - len(p[0])), mode="edge") + o
+                        for p, o in zip(parts, offsets)])
+    return merge_parts(indptrs, *(np.concatenate(x) for x in list(zip(*parts))[1:]), F, ordered)
+
+
+class _UnitSums:
+    """Running per-unit (gene) activation sums and fire counts, as CSR parts [units, F].
+
+    A gene's tokens are scattered over the data set, so chunks are buffered and reduced in
+    batches, on a second thread while the next chunks go through the per-token pass; the parts
+    are combined when they outgrow the combined one, so each entry is combined O(1) times.
+    """
+
+    BATCH = 1 << 20  # buffered non-zeros per reduction
+
+    def __init__(self, num_features: int):
+        self.F = num_features
+        self.raw: list[tuple[np.ndarray, ...]] = []
+        self.buffered = 0
+        self.parts: list[tuple[np.ndarray, ...]] = []  # the first: the combined one
+        self.pending: _Worker | None = None
+        self.scratch = (np.zeros(0, np.int32), np.zeros(0, np.float32))
+
+    def add(self, unit: np.ndarray, indptr: np.ndarray, cols: np.ndarray, vals: np.ndarray
+            ) -> None:
+        """CSR rows with their unit (-1: left out)."""
+        self.raw.append((unit, indptr, cols, vals))
+        self.buffered += len(cols)
+        if self.buffered >= self.BATCH:
+            self._flush()
+
+    def _flush(self) -> None:
+        self._collect()
+        if self.raw:
+            # one batch in flight at a time, so one scratch serves them all
+            if len(self.scratch[0]) < self.buffered:
+                self.scratch = (np.empty(self.buffered, np.int32),
+                                np.empty(self.buffered, np.float32))
+            self.pending = _Worker(self._batch, self.raw, self.parts)
+            self.raw, self.buffered = [], 0
+
+    def _batch(self, raw, parts) -> list[tuple[np.ndarray, ...]]:
+        parts = parts + [_reduce_units(raw, self.F, self.scratch)]
+        if sum(len(p[1]) for p in parts[1:]) >= len(parts[0][1]):
+            parts = [_merge_units(parts, self.F)]
+        return parts
+
+    def _collect(self) -> None:
+        if self.pending is not None:
+            self.parts = self.pending.result()
+            self.pending = None
+
+    def result(self, n_units: int) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+        """(sum, fire count) [n_units, F]."""
+        self._flush()
+        self._collect()
+        if not self.parts:
+            empty = sp.csr_matrix((n_units, self.F))
+            return empty, empty.astype(np.int64)
+        self.parts = [_merge_units(self.parts, self.F, ordered=True)]
+        indptr, cols, _, vsum, count = self.parts[0]
+        indptr = np.pad(indptr, (0, n_units + 1 - len(indptr)), mode="edge")
+        shape = (n_units, self.F)
+        return (sp.csr_matrix((vsum, cols, indptr), shape=shape),
+                sp.csr_matrix((count, cols.copy(), indptr.copy()), shape=shape))
+
+    def merge(self, other: "_UnitSums") -> None:
+        self._flush()
+        self._collect()
+        other._flush()
+        other._collect()
+        self.parts = [_merge_units(self.parts + other.parts, self.F)] if self.parts or \
+            other.parts else []
 
 
 @dataclass
@@ -194,11 +307,9 @@ class FeatureStats:
         self.num_tokens = 0
         self.act_sum = np.zeros(num_features, np.float64)
         self.act_max = np.zeros(num_features, np.float32)
-        self.hist = np.zeros((num_features, NUM_BINS), np.int64)  # its row sums: fire counts
+        self.hist = np.zeros((NUM_BINS, num_features), np.int64)  # [bin, feature] (kernels)
         self.top = TopK(num_features, self.cfg.top_tokens)
-        self.cells = _KeyedReduce()
-        self._tail: tuple[np.ndarray, ...] | None = None  # entries of a cell the chunk cut
-        self.cell_tokens = np.zeros(0, np.int64)
+        self.cells = _Cells(num_features)
         self.units = _UnitSums(num_features)
         self.unit_tokens = np.zeros(0, np.int64)
 
@@ -207,65 +318,17 @@ class FeatureStats:
         if acts.shape[1] != F:
             raise ValueError(f"chunk has {acts.shape[1]} features, expected {F}")
         self.num_tokens += acts.shape[0]
-        if acts.nnz == 0:
-            self._count_tokens(src)
-            return
         # the kernels read scipy's arrays as they are: fresh copies cost page faults
         indptr, cols, vals = acts.indptr.astype(np.int64), acts.indices, acts.data
-        feature_pass(self.hist, self.act_sum, self.top.values, self.top.ids, indptr, cols, vals,
-                     vals.view(np.int32), chunk.start)
-        if self.top.k == 0:  # otherwise the max is the head of the top list
-            # a fresh canonical float32: arrays that came through torch carry a float32 dtype
-            # instance that sends numpy's ufunc.at down its generic path, 100x slower
-            np.maximum.at(self.act_max, cols, vals.astype(np.float32))
-
-        on_unit = self._count_tokens(src)
-        if on_unit.any():
-            self._add_cells(np.where(on_unit, src.record, -1), indptr, cols, vals)
-            if self.cfg.per_unit:
-                self.units.add(src.unit, indptr, cols, vals)
-
-    def _add_cells(self, rec: np.ndarray, indptr: np.ndarray, cols: np.ndarray,
-                   vals: np.ndarray) -> None:
-        # The chunk's last cell may go on in the next chunk: its part is held back and joined
-        # with the next chunk's first cell, so that parts are disjoint and in order and the
-        # final compaction needs no sort.
-        F = self.num_features
-        part = group_reduce(rec, indptr, cols, vals, F)
-        kept = rec[rec >= 0]
-        if not np.all(kept[1:] >= kept[:-1]):  # not in record order: sorted at compaction
-            self._flush_cells()
-            self.cells.add_part(part)
-            return
-        if len(part[0]) == 0:
-            return
-        if self._tail is not None:
-            tail, self._tail = self._tail, None
-            first = part[0][0] // F
-            if tail[0][0] // F == first:
-                n = int(np.searchsorted(part[0], (first + 1) * F))
-                tail = _reduce(*(np.concatenate([a, b[:n]]) for a, b in zip(tail, part)))
-                part = tuple(b[n:] for b in part)
-                if len(part[0]) == 0:  # the whole chunk continues the held cell
-                    self._tail = tail
-                    return
-            self.cells.add_part(tail)
-        cut = int(np.searchsorted(part[0], part[0][-1] // F * F))
-        self._tail = tuple(a[cut:] for a in part)
-        if cut:
-            self.cells.add_part(tuple(a[:cut] for a in part))
-
-    def _flush_cells(self) -> None:
-        if self._tail is not None:
-            tail, self._tail = self._tail, None
-            self.cells.add_part(tail)
-
-    def _count_tokens(self, src) -> np.ndarray:
-        on_unit = src.unit >= 0
-        self.cell_tokens = _counts_add(self.cell_tokens, src.record[on_unit])
+        self.cells.keep(*chunk_pass(
+            self.hist, self.act_sum, self.act_max, self.top.values, self.top.ids, indptr, cols,
+            vals, vals.view(np.int32), chunk.start, src.record, src.unit,
+            *self.cells.buffers(len(src), len(cols))))
         if self.cfg.per_unit:
-            self.unit_tokens = _counts_add(self.unit_tokens, src.unit[on_unit])
-        return on_unit
+            on_unit = src.unit[src.unit >= 0]
+            self.unit_tokens = _counts_add(self.unit_tokens, on_unit)
+            if len(on_unit) and len(cols):
+                self.units.add(src.unit, indptr, cols, vals)
 
     def merge(self, other: "FeatureStats") -> None:
         self.num_tokens += other.num_tokens
@@ -273,11 +336,7 @@ class FeatureStats:
         np.maximum(self.act_max, other.act_max, out=self.act_max)
         self.hist += other.hist
         self.top.merge(other.top)
-        self._flush_cells()
-        other._flush_cells()
         self.cells.merge(other.cells)
-        self.cell_tokens = _counts_add(self.cell_tokens, np.repeat(
-            np.arange(len(other.cell_tokens)), other.cell_tokens))
         self.units.merge(other.units)
         self.unit_tokens = _counts_add(self.unit_tokens, np.repeat(
             np.arange(len(other.unit_tokens)), other.unit_tokens))
@@ -285,27 +344,14 @@ class FeatureStats:
     def result(self, num_cells: int | None = None, num_units: int | None = None
                ) -> FeatureStatsResult:
         F = self.num_features
-        n_cells = max(num_cells or 0, len(self.cell_tokens))
-        cell_tokens = np.zeros(n_cells, np.int64)
-        cell_tokens[: len(self.cell_tokens)] = self.cell_tokens
-        self._flush_cells()
-        keys, vmax, vsum, _ = self.cells.compact()  # sorted: row-major CSR order
-        cell_max = _csr(keys, vmax.astype(np.float32), n_cells, F)
-        mean = (vsum / cell_tokens[keys // F]).astype(np.float32)
-        cell_mean = sp.csr_matrix((mean, cell_max.indices.copy(), cell_max.indptr.copy()),
-                                  shape=cell_max.shape)
-
+        cell_max, cell_mean, cell_tokens = self.cells.result(num_cells)
         n_units = max(num_units or 0, len(self.unit_tokens))
         unit_tokens = np.zeros(n_units, np.int64)
         unit_tokens[: len(self.unit_tokens)] = self.unit_tokens
-        keys, _, usum, ucount = self.units.compact()
-        unit_sum, unit_fires = _csr(keys, usum, n_units, F), _csr(keys, ucount, n_units, F)
-        act_max = self.act_max.copy()
-        if self.top.k:
-            np.maximum(act_max, self.top.values[:, 0], out=act_max)
+        unit_sum, unit_fires = self.units.result(n_units)
         return FeatureStatsResult(
-            self.num_tokens, self.hist.sum(axis=1), self.act_sum.copy(), act_max,
-            self.hist.copy(), self.top.values.copy(), self.top.ids.copy(), cell_max, cell_mean,
+            self.num_tokens, self.hist.sum(axis=0), self.act_sum.copy(), self.act_max.copy(),
+            np.ascontiguousarray(self.hist.T), self.top.values.copy(), self.top.ids.copy(), cell_max, cell_mean,
             cell_tokens, unit_sum, unit_fires, unit_tokens)
 
 
