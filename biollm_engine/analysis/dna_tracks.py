@@ -178,6 +178,55 @@ def run_tracks(cfg: TracksConfig, progress: ProgressCallback | None = None,
     return TracksResult(out, chosen, paths, summary, top, enrichment)
 
 
+@dataclass
+class RecordTracks:
+    """Per-base values of chosen features along one record, for a viewer."""
+
+    name: str
+    features: list[int]
+    values: np.ndarray
+    """float32 [len(features), record length]."""
+
+
+def record_tracks(model: str, data: str, dictionary: str, record: int = 0,
+                  features: list[int] | None = None, top: int = 6, window: int = 1024,
+                  stride: int | None = None, tokenizer: str = "auto", batch_size: int = 8,
+                  device: str = "auto", progress: ProgressCallback | None = None,
+                  cancel: CancelToken | None = None) -> RecordTracks:
+    """The tracks of one record in memory (a viewer shows one record at a time): `features`, or
+    the `top` features firing on the most of its bases (one extra pass over its windows)."""
+    from ..dictionaries.formats import load_dictionary
+    from ..inputs.dna import DnaConfig, DnaDataset
+    from ..models import load_model, resolve_hookpoint
+    from .encode import encode_live
+    from .tracks import base_tracks, token_spans
+
+    sae = load_dictionary(dictionary)
+    lm = load_model(model, device=device)
+    hookpoint = resolve_hookpoint(lm, sae.cfg.hookpoint or "").name
+    sae = sae.to(lm.device)
+    if tokenizer == "auto":
+        tokenizer = "byte" if lm.arch.name == "evo2" else "model"
+    ds = DnaDataset(data, DnaConfig(window=window, stride=stride, tokenizer=tokenizer))
+    if not 0 <= record < len(ds.records):
+        raise BioLLMError(f"record {record} is out of range; {data} has {len(ds.records)}.")
+    table = ds.windows_table()
+    indices = table.index[table["record"] == record].tolist()
+    span = None if tokenizer == "byte" else token_spans(lm.tokenizer)
+
+    def chunks():
+        return encode_live(lm, ds.examples(lm.tokenizer, indices=indices), sae, hookpoint,
+                           batch_size, progress=progress, cancel=cancel, total=len(indices))
+
+    features = list(features) if features else _top_features(chunks(), top)
+    if max(features) >= sae.num_latents or min(features) < 0:
+        raise BioLLMError(f"feature {max(features)} is out of range; the dictionary has "
+                          f"{sae.num_latents} features.")
+    n = int(ds.records["length"][record])
+    values = base_tracks(chunks(), features, {record: n}, span, table)[record]
+    return RecordTracks(str(ds.records["name"][record]), features, values)
+
+
 def _top_windows(data, window_max: np.ndarray, chosen: list[int], n: int) -> pd.DataFrame:
     table = data.windows_table()
     rows = []
@@ -197,3 +246,19 @@ def _top_windows(data, window_max: np.ndarray, chosen: list[int], n: int) -> pd.
 def _write_csv(df: pd.DataFrame, path: Path) -> None:
     with atomic_path(path) as tmp:
         df.to_csv(tmp, index=False)
+
+
+def read_bedgraph(path: str | Path, chrom: str, length: int) -> np.ndarray:
+    """One record's per-base values from a bedGraph (zeros where no run is listed)."""
+    out = np.zeros(int(length), np.float32)
+    with open(path) as f:
+        for lineno, line in enumerate(f, start=1):
+            if line.startswith(("track", "browser", "#")) or not line.strip():
+                continue
+            cols = line.split()
+            if len(cols) != 4:
+                raise BioLLMError(f"{path} line {lineno}: bedGraph needs 4 columns (chrom, "
+                                  "start, end, value).")
+            if cols[0] == chrom:
+                out[int(cols[1]):int(cols[2])] = float(cols[3])
+    return out
