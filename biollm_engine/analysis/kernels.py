@@ -155,22 +155,18 @@ def cell_flush(cell, cnt, touched, cmax, csum, out_row, out_len, out_cols, out_m
 
 
 @njit(cache=True, nogil=True)
-def group_reduce(group, indptr, cols, vals, num_groups, num_cols, bcols, bvals):  # pragma: no cover
-    """Per group, per column: max, float64 sum and count over the non-zeros of CSR rows grouped
-    by `group` (one per row, < num_groups; rows with a negative group are left out), as CSR
-    [num_groups, num_cols] (indptr, cols, max, sum, count), columns in no particular order.
-
-    The non-zeros are first copied group by group into `bcols`, `bvals` (scratch, at least as
-    long as `cols`; a counting sort reading the rows in order), then each group is reduced in
-    dense per-column buffers.
-    """
-    start = np.zeros(num_groups + 1, np.int64)
+def group_count(group, indptr, start):  # pragma: no cover - compiled
+    """Add the non-zeros of CSR rows to their group's count, `start[group + 1]` (rows with a
+    negative group are left out): the first step of a counting sort by group."""
     for r in range(len(group)):
         if group[r] >= 0:
             start[group[r] + 1] += indptr[r + 1] - indptr[r]
-    for g in range(num_groups):
-        start[g + 1] += start[g]
-    fill = start[:-1].copy()
+
+
+@njit(cache=True, nogil=True)
+def group_scatter(group, indptr, cols, vals, fill, bcols, bvals):  # pragma: no cover
+    """Copy the non-zeros of CSR rows to their group's next free places `fill[group]` in
+    `bcols`, `bvals`, reading the rows in order (the second step of the counting sort)."""
     for r in range(len(group)):
         g = group[r]
         if g >= 0:
@@ -180,23 +176,20 @@ def group_reduce(group, indptr, cols, vals, num_groups, num_cols, bcols, bvals):
                 bvals[p] = vals[j]
                 p += 1
             fill[g] = p
-    parts = np.empty((1, num_groups + 1), np.int64)
-    parts[0] = start
-    return _reduce_parts(parts, bcols, bvals, bvals, bvals[:0].astype(np.int64), num_cols,
-                         False)
 
 
 @njit(cache=True, nogil=True)
 def merge_parts(parts, cols, vmax, vsum, count, num_cols, ordered):  # pragma: no cover
-    """Combine CSR parts [G, num_cols] held end to end in (cols, max, sum, count): row g of
-    part p is [parts[p, g], parts[p, g + 1]). -> one CSR part, like `group_reduce`'s (columns
-    in order if `ordered`: only the final result needs them sorted)."""
+    """Per row, per column: max, float64 sum and count of CSR parts [G, num_cols] held end to
+    end in (cols, max, sum, count): row g of part p is [parts[p, g], parts[p, g + 1]). An empty
+    `count` stands for raw values (max = sum = the value, count 1). Each row is reduced in
+    dense per-column buffers. -> one CSR part (indptr, cols, max, sum, count), columns in order
+    if `ordered` (only the final result needs them sorted), else as first met."""
     return _reduce_parts(parts, cols, vmax, vsum, count, num_cols, ordered)
 
 
 @njit(cache=True, nogil=True, inline="always")
 def _reduce_parts(parts, cols, vmax, vsum, count, F, ordered):  # pragma: no cover - compiled
-    # an empty `count` stands for ones (raw values: max = sum = the value)
     P, G = parts.shape[0], parts.shape[1] - 1
     bmax = np.full(F, -np.inf, np.float32)
     bsum = np.zeros(F, np.float64)

@@ -19,7 +19,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .chunks import EncodedChunk
-from .kernels import cell_flush, chunk_pass, group_reduce, merge_parts
+from .kernels import cell_flush, chunk_pass, group_count, group_scatter, merge_parts
 from .topk import TopK, grouped_topk
 
 # Fixed log-spaced activation bins, one per octave over [2^-10, 2^10) (about 1e-3 to 1e3), plus
@@ -165,14 +165,18 @@ class _Worker(threading.Thread):
         return self.out
 
 
-def _reduce_units(raw: list[tuple[np.ndarray, ...]], F: int, scratch: tuple[np.ndarray, ...]
-                  ) -> tuple[np.ndarray, ...]:
-    unit, indptrs, cols, vals = zip(*raw)
-    offsets = np.cumsum([0] + [len(c) for c in cols])
-    indptr = np.concatenate([ip[:-1] + o for ip, o in zip(indptrs, offsets)] + [offsets[-1:]])
-    unit = np.concatenate(unit)
-    return group_reduce(unit, indptr, np.concatenate(cols), np.concatenate(vals),
-                        int(unit.max()) + 1, F, *scratch)
+def _reduce_units(raw: list[tuple[np.ndarray, ...]], F: int, scratch: tuple[np.ndarray, ...],
+                  ordered: bool) -> tuple[np.ndarray, ...]:
+    """One CSR part [units, F] (indptr, cols, max, sum, count) of chunks' (unit, CSR rows)."""
+    start = np.zeros(max(int(u.max()) for u, *_ in raw) + 2, np.int64)
+    for unit, indptr, _, _ in raw:
+        group_count(unit, indptr, start)
+    np.cumsum(start, out=start)
+    fill = start[:-1].copy()
+    bcols, bvals = scratch
+    for unit, indptr, cols, vals in raw:
+        group_scatter(unit, indptr, cols, vals, fill, bcols, bvals)
+    return merge_parts(start[None], bcols, bvals, bvals, np.zeros(0, np.int64), F, ordered)
 
 
 def _merge_units(parts: list[tuple[np.ndarray, ...]], F: int, ordered: bool = False
@@ -191,55 +195,62 @@ class _UnitSums:
     A gene's tokens are scattered over the data set, so chunks are buffered and reduced in
     batches, on a second thread while the next chunks go through the per-token pass; the parts
     are combined when they outgrow the combined one, so each entry is combined O(1) times.
+    Columns are sorted once, at the end, with the last batch (which is held back until then).
     """
 
-    BATCH = 1 << 20  # buffered non-zeros per reduction
+    BATCH = 1 << 22  # buffered non-zeros per reduction
 
     def __init__(self, num_features: int):
         self.F = num_features
         self.raw: list[tuple[np.ndarray, ...]] = []
         self.buffered = 0
         self.parts: list[tuple[np.ndarray, ...]] = []  # the first: the combined one
+        self.ordered = False  # whether parts == [one part with sorted columns]
         self.pending: _Worker | None = None
         self.scratch = (np.zeros(0, np.int32), np.zeros(0, np.float32))
 
     def add(self, unit: np.ndarray, indptr: np.ndarray, cols: np.ndarray, vals: np.ndarray
             ) -> None:
         """CSR rows with their unit (-1: left out)."""
+        if self.buffered + len(cols) > self.BATCH:
+            self._flush()
         self.raw.append((unit, indptr, cols, vals))
         self.buffered += len(cols)
-        if self.buffered >= self.BATCH:
-            self._flush()
 
-    def _flush(self) -> None:
+    def _flush(self, last: bool = False) -> None:
+        """Reduce the buffered chunks (on the second thread unless `last`)."""
         self._collect()
         if self.raw:
             # one batch in flight at a time, so one scratch serves them all
             if len(self.scratch[0]) < self.buffered:
                 self.scratch = (np.empty(self.buffered, np.int32),
                                 np.empty(self.buffered, np.float32))
-            self.pending = _Worker(self._batch, self.raw, self.parts)
+            args = (self.raw, self.parts, last and not self.parts)
             self.raw, self.buffered = [], 0
+            if last:
+                self.parts, self.ordered = self._batch(*args)
+            else:
+                self.pending = _Worker(self._batch, *args)
 
-    def _batch(self, raw, parts) -> list[tuple[np.ndarray, ...]]:
-        parts = parts + [_reduce_units(raw, self.F, self.scratch)]
+    def _batch(self, raw, parts, ordered: bool) -> tuple[list[tuple[np.ndarray, ...]], bool]:
+        parts = parts + [_reduce_units(raw, self.F, self.scratch, ordered)]
         if sum(len(p[1]) for p in parts[1:]) >= len(parts[0][1]):
             parts = [_merge_units(parts, self.F)]
-        return parts
+        return parts, ordered
 
     def _collect(self) -> None:
         if self.pending is not None:
-            self.parts = self.pending.result()
+            self.parts, self.ordered = self.pending.result()
             self.pending = None
 
     def result(self, n_units: int) -> tuple[sp.csr_matrix, sp.csr_matrix]:
         """(sum, fire count) [n_units, F]."""
-        self._flush()
-        self._collect()
+        self._flush(last=True)
         if not self.parts:
             empty = sp.csr_matrix((n_units, self.F))
             return empty, empty.astype(np.int64)
-        self.parts = [_merge_units(self.parts, self.F, ordered=True)]
+        if not self.ordered:
+            self.parts, self.ordered = [_merge_units(self.parts, self.F, ordered=True)], True
         indptr, cols, _, vsum, count = self.parts[0]
         indptr = np.pad(indptr, (0, n_units + 1 - len(indptr)), mode="edge")
         shape = (n_units, self.F)
@@ -247,12 +258,10 @@ class _UnitSums:
                 sp.csr_matrix((count, cols.copy(), indptr.copy()), shape=shape))
 
     def merge(self, other: "_UnitSums") -> None:
-        self._flush()
-        self._collect()
-        other._flush()
-        other._collect()
-        self.parts = [_merge_units(self.parts + other.parts, self.F)] if self.parts or \
-            other.parts else []
+        self._flush(last=True)
+        other._flush(last=True)
+        if self.parts or other.parts:
+            self.parts, self.ordered = [_merge_units(self.parts + other.parts, self.F)], False
 
 
 @dataclass
