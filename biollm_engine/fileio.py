@@ -15,6 +15,24 @@ from pathlib import Path
 from typing import Iterator
 
 
+def _read_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp/mkdtemp create 0600/0700 for safety; the finished file gets what a plain open() would
+# (or the mode of the file it replaces), so exports stay readable by the lab's group.
+_UMASK = _read_umask()
+
+
+def _final_mode(dest: Path, default: int) -> int:
+    try:
+        return dest.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        return default & ~_UMASK
+
+
 @contextlib.contextmanager
 def atomic_path(dest: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary file path beside `dest`; rename it onto `dest` on success."""
@@ -26,6 +44,7 @@ def atomic_path(dest: str | os.PathLike, suffix: str | None = None) -> Iterator[
     tmp = Path(tmp)
     try:
         yield tmp
+        os.chmod(tmp, _final_mode(dest, 0o666))
         os.replace(tmp, dest)
     finally:
         if tmp.exists():
@@ -40,6 +59,7 @@ def atomic_dir(dest: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
     try:
         yield tmp
+        os.chmod(tmp, _final_mode(dest, 0o777))
         old = None
         if dest.exists():
             old = dest.with_name(f".{dest.name}.old-{os.getpid()}")

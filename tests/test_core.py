@@ -75,6 +75,25 @@ def test_atomic_writes_leave_nothing_on_failure(tmp_path):
         read_json(tmp_path / "bad.json")
 
 
+def test_atomic_writes_get_the_modes_a_plain_write_would(tmp_path):
+    # the temporary names are private (0600 / 0700); the finished files must not stay so, or a
+    # lab's shared exports become unreadable to the group
+    (tmp_path / "plain").write_text("")
+    (tmp_path / "plaindir").mkdir()
+    write_json(tmp_path / "new.json", {})
+    with atomic_dir(tmp_path / "d") as tmp:
+        (tmp / "x").write_text("")
+    kept = tmp_path / "kept.csv"
+    kept.write_text("old")
+    kept.chmod(0o640)
+    with atomic_path(kept) as tmp:
+        tmp.write_text("new")
+    mode = {n: (tmp_path / n).stat().st_mode & 0o777 for n in
+            ("plain", "plaindir", "new.json", "d", "kept.csv")}
+    assert (mode["new.json"], mode["d"], mode["kept.csv"]) == (mode["plain"], mode["plaindir"],
+                                                                0o640), mode
+
+
 def test_cli_without_command_prints_help_and_exits_2():
     r = subprocess.run([sys.executable, "-m", "biollm_engine"], capture_output=True, text=True)
     assert r.returncode == 2
