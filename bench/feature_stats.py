@@ -2,11 +2,14 @@
 
 Writes a cache in the harvest's own format (float16 shards, cell-sentence-like sources), then
 times in one run, over the same chunks:
-  read   - `ActivationCache.read` of every chunk (page cache warm: an upper bound on disk speed),
-  encode - the dictionary's sparse encoding of those activations,
+  read   - `ActivationCache.read` of every chunk (safetensors into memory; the page cache is warm,
+           as it cannot be dropped here: an upper bound on disk speed),
+  encode - the dictionary's sparse encoding of those activations (once),
   stats  - `FeatureStats.update` on the encoded chunks and `result()` (all per-feature, per-cell,
            per-gene work; the compiled kernels are loaded before, and that one-off time printed),
 and prints tokens/s of each and the ratio stats / read (>= 1: the statistics keep up with reading).
+Read and stats are timed side by side `--repeat` times (the machine is shared: the ratio of each
+pair and their range are printed, with the load average).
 
     python bench/feature_stats.py [--tokens 131072] [--width 1024] [--latents 8192] [--k 32]
 
@@ -18,6 +21,7 @@ reported apart; the claim measured is that the statistics keep up with reading.
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -63,6 +67,7 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=32)
     ap.add_argument("--genes", type=int, default=2000)
     ap.add_argument("--chunk", type=int, default=16_384)
+    ap.add_argument("--repeat", type=int, default=5, help="read / stats pairs timed")
     args = ap.parse_args()
     torch.manual_seed(0)
     sae = Dictionary(DictionaryConfig(kind="sae", d_in=args.width, num_latents=args.latents,
@@ -72,13 +77,12 @@ def main() -> None:
         sources = TokenSources.from_any(cache.sources())
         spans = [(s, min(cache.num_tokens, s + args.chunk))
                  for s in range(0, cache.num_tokens, args.chunk)]
-        t = time.perf_counter()
         raw = [cache.read("layers.1", a, b) for a, b in spans]
-        t_read = time.perf_counter() - t
         t = time.perf_counter()
         chunks = [EncodedChunk(encode_activations(sae, x), sources[a:b], a)
                   for x, (a, b) in zip(raw, spans)]
         t_encode = time.perf_counter() - t
+        del raw
         # the compiled kernels load from numba's disk cache (or compile, the first time on a
         # machine) on first use: once per process, timed apart
         t = time.perf_counter()
@@ -86,19 +90,32 @@ def main() -> None:
         warm.update(EncodedChunk(chunks[0].acts[:256], chunks[0].sources[:256], 0))
         warm.result()
         t_warm = time.perf_counter() - t
-        acc = FeatureStats(args.latents)
-        t = time.perf_counter()
-        for c in chunks:
-            acc.update(c)
-        acc.result(num_cells=int(sources.record.max()) + 1, num_units=args.genes)
-        t_stats = time.perf_counter() - t
+        n_cells = int(sources.record.max()) + 1
+        reads, stats = [], []
+        for _ in range(args.repeat):
+            t = time.perf_counter()
+            raw = [cache.read("layers.1", a, b) for a, b in spans]
+            reads.append(time.perf_counter() - t)
+            del raw
+            t = time.perf_counter()
+            acc = FeatureStats(args.latents)
+            for c in chunks:
+                acc.update(c)
+            acc.result(num_cells=n_cells, num_units=args.genes)
+            stats.append(time.perf_counter() - t)
     n = cache.num_tokens
     print(f"{n} tokens, width {args.width}, {args.latents} latents, k={args.k}, "
-          f"{args.genes} genes, chunks of {args.chunk}")
+          f"{args.genes} genes, chunks of {args.chunk}; load average "
+          + " ".join(f"{x:.1f}" for x in os.getloadavg()))
+    t_read, t_stats = float(np.median(reads)), float(np.median(stats))
     for name, s in (("read", t_read), ("encode", t_encode), ("stats", t_stats)):
         print(f"  {name:7s} {s:7.2f} s  {n / s:12,.0f} tok/s")
-    print(f"  (kernel load/compile, once per process: {t_warm:.2f} s)")
-    print(f"stats / read throughput: {t_read / t_stats:.2f}")
+    print(f"  (read and stats: medians of {args.repeat}; kernel load/compile, once per process: "
+          f"{t_warm:.2f} s)")
+    ratios = sorted(r / s for r, s in zip(reads, stats))
+    print("stats / read throughput per pair: " + " ".join(f"{x:.2f}" for x in ratios))
+    print(f"stats / read throughput: {float(np.median(ratios)):.2f} "
+          f"(range {ratios[0]:.2f}-{ratios[-1]:.2f})")
     print(f"(read + encode + stats) / read throughput: {t_read / (t_read + t_encode + t_stats):.3f}")
 
 

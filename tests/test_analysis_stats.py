@@ -7,6 +7,7 @@ import scipy.sparse as sp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from biollm_engine.analysis import stats as stats_module
 from biollm_engine.analysis.association import associate
 from biollm_engine.analysis.chunks import TokenSources, chunked
 from biollm_engine.analysis.genes import top_genes
@@ -48,7 +49,15 @@ def dense_reference(dense, src, n_cells, n_genes):
                 cell_max=cell_max, cell_mean=cell_mean, unit_sum=unit_sum, unit_fires=unit_fires)
 
 
+def assert_canonical(m):
+    # column indices sorted and unique in every row: what scipy, h5py writers and the GUI expect
+    for i in range(m.shape[0]):
+        assert (np.diff(m.indices[m.indptr[i]:m.indptr[i + 1]]) > 0).all()
+
+
 def check_equal(res, ref, dense):
+    for m in (res.cell_max, res.cell_mean, res.unit_sum, res.unit_fires):
+        assert_canonical(m)
     np.testing.assert_allclose(res.frequency, ref["freq"])
     np.testing.assert_allclose(res.mean, ref["mean"], rtol=1e-6)
     np.testing.assert_array_equal(res.act_max, ref["max"])
@@ -105,6 +114,24 @@ def test_tokens_out_of_record_order_equal_dense_computation():
     res = feature_stats(chunked(dense, src, 11), 7, StatsConfig(top_tokens=3), num_cells=20,
                         num_units=9)
     check_equal(res, dense_reference(dense, src, 20, 9), dense)
+
+
+def test_gene_sums_in_many_batches_on_a_second_thread_equal_dense_computation(monkeypatch):
+    # per-gene sums are reduced in batches (here of a few dozen non-zeros) on a second thread
+    # and combined as they grow; accumulators merged part-way keep their batches too
+    monkeypatch.setattr(stats_module._UnitSums, "BATCH", 40)
+    rng = np.random.default_rng(11)
+    dense, src = make_tokens(rng, n_cells=40, density=0.5)
+    ref = dense_reference(dense, src, 40, 9)
+    cfg = StatsConfig(top_tokens=3)
+    check_equal(feature_stats(chunked(dense, src, 7), 7, cfg, num_cells=40, num_units=9), ref,
+                dense)
+    chunks = list(chunked(dense, src, 5))
+    a, b = FeatureStats(7, cfg), FeatureStats(7, cfg)
+    for i, c in enumerate(chunks):
+        (a if i < len(chunks) // 2 else b).update(c)
+    a.merge(b)
+    check_equal(a.result(40, 9), ref, dense)
 
 
 def pairwise_auroc(scores, positive):
