@@ -20,6 +20,7 @@ from biollm_engine.inputs.cells import CellDataset, CellSentenceConfig
 from workbench.state.session import Session
 
 from test_circuits_export import Link, Model
+from test_gui_dialogs import small_workspace
 
 DEMO = Path(__file__).resolve().parents[1] / "resources" / "demo"
 TOP_GENES, MAX_FEATURES = 10, 30
@@ -162,14 +163,29 @@ def test_edit_selected_cells_counts_changed_predictions(built):
     st.select_node(int(row.argmax()))
     panel.mode.setCurrentText("scale")
     panel.value.setValue(20.0)
-    cells.select(np.arange(4))
-    job = panel.edit_selected_cells()
-    wait_for(job)
+    cells.select(np.arange(6))
+    forwards = []
+    hook = st.engine.lm.base.register_forward_pre_hook(lambda *_: forwards.append(1))
+    try:
+        job = panel.edit_selected_cells()
+        wait_for(job)
+    finally:
+        hook.remove()
+    assert job.error == ""
     before_after = job.result
+    assert len(forwards) == 2  # the six cells in one batch: before and after, one pass each
     changed = int((before_after[:, 0] != before_after[:, 1]).sum())
-    assert f"<b>{changed}</b> of 4 selected cells" in panel.result.text()
+    assert f"<b>{changed}</b> of 6 selected cells" in panel.result.text()
     marks = cells.values["changed by the circuit edit"]
-    assert int(marks.sum()) == changed and marks[4:].sum() == 0
+    assert int(marks.sum()) == changed and marks[6:].sum() == 0
+    # each cell as the engine edits it alone (every position, the same feature edit)
+    g, j = st.graph, int(row.argmax())
+    layer, feat = int(g.features[j, 0]), int(g.features[j, 2])
+    with CellDataset(DEMO / "cells.h5ad", CellSentenceConfig(top_k=TOP_GENES)) as ds:
+        for n, ex in enumerate(ds.examples(st.engine.lm.tokenizer, list(range(6)))):
+            edits = [Edit(layer, p, feat, "scale", 20.0) for p in range(len(ex.input_ids))]
+            r = intervene(st.engine.rm, ex.input_ids, edits)
+            assert tuple(before_after[n]) == (r.base_prediction_id, r.prediction_id)
     panel.mode.setCurrentText("ablate")
     panel.value.setValue(0.0)
 
@@ -264,3 +280,41 @@ def test_layer_weights_heatmap_lists_the_top_connections(built):
     view.show_layers(2, 0)
     assert "earlier layer to a later one" in view.list.text()
     view.close()
+
+
+def test_clicking_a_feature_node_opens_its_features_detail(qtbot, tmp_path):
+    """Window wiring end to end on 60 demo cells: circuit, click, the transcoder analysed (a
+    job), its feature chosen in the Features table with detail and cell colours."""
+    from PySide6.QtCore import QSettings
+
+    from workbench.state.features import analysis_folder
+    from workbench.window import MainWindow
+
+    small_workspace(tmp_path)
+    session = Session()
+    w = MainWindow(session, QSettings(str(tmp_path / "s.ini"), QSettings.Format.IniFormat))
+    qtbot.addWidget(w)
+    w.open_workspace(tmp_path)
+    qtbot.waitUntil(lambda: session.cells.adata is not None, timeout=30_000)
+    panel = w.open_panel("Circuit").widget()
+    panel.top_genes, panel.max_features = TOP_GENES, MAX_FEATURES
+    session.cells.set_current(session.cells.n_cells - 1)
+    wait_for(panel.explain_cell())
+    st, g = panel.state, panel.state.graph
+    node = next(int(i) for i in st.pruned.nodes if g.kind(int(i)) == "feature")
+    layer, j = int(g.features[node, 0]), int(g.features[node, 2])
+    points = {int(p.data()): p for p in panel.items.nodes.points()}
+    panel.items.nodes.sigClicked.emit(panel.items.nodes, [points[node]], None)
+    features = w.features_panel
+    tc_path = str(st.engine.rm.transcoders[layer].path)
+    assert features.dictionary.currentData() == str(Path(tc_path).resolve())
+    wait_for(features.analysis_job, timeout=300)
+    assert features.analysis_job.error == ""
+    assert (analysis_folder(tmp_path, tc_path) / "table.parquet").exists()  # cached for next time
+    assert features.results.num_features == st.engine.rm.transcoders[layer].num_latents
+    assert features.detail.feature == j and features.feature == j
+    row = features.table.currentIndex().row()
+    assert features.model.frame_row(row) == j
+    assert session.cells.colour_by.startswith(f"X_{analysis_folder(tmp_path, tc_path).name}:{j}")
+    assert not features.tabs.isHidden()
+    assert w.runner.wait(120)  # the clicked cell's sentence colouring, started by the feature

@@ -11,6 +11,7 @@ from PySide6.QtCore import Qt
 
 from workbench.state.expression import read_cells
 from workbench.state.features import FeatureResults, analysis_folder
+from workbench.jobs import JobRunner
 from workbench.state.session import Session
 from workbench.views.features import FeaturesPanel
 from workbench.views.table import FrameModel
@@ -33,7 +34,8 @@ def panel(qtbot, demo):
     s.open_workspace(demo)
     s.cells.set_data(read_cells(demo / "cells.h5ad"), demo / "cells.h5ad")
     s.cells.set_type_key("bulk_labels")
-    p = FeaturesPanel(s)
+    runner = JobRunner(s.jobs)
+    p = FeaturesPanel(s, lambda: runner)
     qtbot.addWidget(p)
     p.dictionary.setCurrentIndex(p.dictionary.findData(str((demo / SAE).resolve())))
     assert p.load_cached()
@@ -51,9 +53,40 @@ def test_table_shows_every_analysed_feature_and_colours_by_one(panel, demo):
     np.testing.assert_allclose(cells.values[cells.colour_by], cached.cell_max[:, j].toarray()
                                .ravel())
     assert cells.colouring().kind == "continuous"
-    # the sentence chips read the feature's mean activation on each gene's tokens
-    g = int(np.argmax(cached.gene_mean[:, j]))
-    assert cells.gene_values[str(cached.genes[g])] == pytest.approx(cached.gene_mean[g, j])
+
+
+def test_clicked_cells_sentence_takes_that_cells_own_activation(panel, qtbot):
+    from workbench.views.data import DataPanel
+
+    r, cells = panel.results, panel.session.cells
+    data = DataPanel(panel.session)
+    qtbot.addWidget(data)
+    j = int(np.argmax(r.table["frequency"].to_numpy() * (r.table["max"] > 0)))
+    col = r.cell_max[:, j].toarray().ravel()
+    a, b = np.flatnonzero(col > 0)[:2]
+    panel.show_feature(j)
+    seen = {}
+    for i in (a, b):
+        cells.set_current(i)
+        assert cells.gene_values == {}  # never the previous cell's values
+        qtbot.waitUntil(lambda: cells.gene_values != {}, timeout=60_000)
+        tokens = panel.cell_tokens
+        assert tokens.cell == i
+        # the cell's own maximum over its tokens is the analysis' value for this cell
+        assert tokens.acts[:, j].max() == pytest.approx(col[i], rel=1e-4, abs=1e-5)
+        assert max(cells.gene_values.values()) <= col[i] * (1 + 1e-4) + 1e-5
+        assert set(cells.gene_values) <= {g for g, _ in cells.sentence(i)}
+        seen[i] = dict(cells.gene_values)
+        gene, v = max(cells.gene_values.items(), key=lambda kv: kv[1])
+        flow = data.sentence.flow
+        chip = next(w for w in (flow.itemAt(k).widget() for k in range(flow.count()))
+                    if w.text() == gene)
+        assert f"value {v:.3g}" in chip.toolTip()
+    assert seen[a] != seen[b]
+    # another feature of the same cell: no new job, the cell's tokens are reused
+    jobs = len(panel.session.jobs.jobs)
+    panel.show_feature(j + 1 if j + 1 < r.num_features else j - 1)
+    assert len(panel.session.jobs.jobs) == jobs and panel.cell_tokens.cell == b
 
 
 def test_detail_and_heatmap_show_the_chosen_feature(panel, qtbot):

@@ -119,23 +119,39 @@ class MainWindow(QMainWindow):
         for dock in self.docks.values():
             v.addAction(dock.toggleViewAction())
         a = self.menuBar().addMenu("&Analyse")
-        self._action(a, "Circuit explorer", lambda: self.open_panel("Circuit"))
-        self._action(a, "Evaluate annotation", lambda: self.open_panel("Evaluate"))
-        self._action(a, "Analyse features", self.features_panel.analyse)
+        self._action(a, "Harvest activations…", self.ask_harvest)
         self._action(a, "Train dictionaries…", self.ask_train)
+        self._action(a, "Analyse features", self.features_panel.analyse)
+        self._action(a, "Analyse features with options…", self.ask_analyse)
+        a.addSeparator()
+        self._action(a, "Circuit explorer", lambda: self.open_panel("Circuit"))
+        self._action(a, "Model diffing (crosscoder)…", self.ask_diffing)
+        self._action(a, "Evaluate annotation", lambda: self.open_panel("Evaluate"))
         h = self.menuBar().addMenu("&Help")
         self._action(h, "About", self._about)
 
+    def _make_panel(self, name: str):
+        if name == "Circuit":
+            from .views.circuit import CircuitPanel
+
+            panel = CircuitPanel(self.session, lambda: self.runner)
+            panel.feature_clicked.connect(self.show_dictionary_feature)
+            return panel
+        if name == "Diffing":
+            from .views.diffing import DiffingView
+
+            return DiffingView()
+        from .views.evaluate import EvaluatePanel
+
+        return EvaluatePanel(self.session, lambda: self.runner)
+
     def open_panel(self, name: str) -> QDockWidget:
-        """Dock an analysis panel on first use: they load pyqtgraph and the engine."""
+        """Dock an analysis panel (Circuit, Evaluate, Diffing) on first use: they load pyqtgraph
+        and the engine."""
         if name not in self.docks:
-            if name == "Circuit":
-                from .views.circuit import CircuitPanel as Panel
-            else:
-                from .views.evaluate import EvaluatePanel as Panel
             dock = QDockWidget(name, self)
             dock.setObjectName(f"dock-{name}")
-            dock.setWidget(Panel(self.session, lambda: self.runner))
+            dock.setWidget(self._make_panel(name))
             self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, dock)
             self.tabifyDockWidget(self.docks["Features"], dock)
             self.docks[name] = dock
@@ -143,11 +159,62 @@ class MainWindow(QMainWindow):
         self.docks[name].raise_()
         return self.docks[name]
 
+    def show_dictionary_feature(self, path: str, feature: int):
+        """A feature clicked elsewhere (a circuit node) in the Features panel's detail."""
+        self.docks["Features"].show()
+        self.docks["Features"].raise_()
+        return self.features_panel.show_dictionary_feature(path, feature)
+
     def ask_train(self) -> None:
         """The train dialog (magicgui over TrainConfig); the run goes to a child process."""
         from .views.dialogs import ask_and_train
 
         ask_and_train(self)
+
+    def ask_harvest(self):
+        from .views.dialogs import ask_and_harvest
+
+        return ask_and_harvest(self)
+
+    def ask_analyse(self):
+        from .views.dialogs import ask_and_analyse
+
+        return ask_and_analyse(self)
+
+    def ask_diffing(self) -> None:
+        ws = self.session.workspace
+        folder = QFileDialog.getExistingDirectory(self, "Crosscoder folder",
+                                                  str(ws.folder or ""))
+        if folder:
+            self.diff_crosscoder(folder)
+
+    def diff_crosscoder(self, path: str | Path, n_cells: int = 100):
+        """Run a crosscoder's sources over the open cells (a job), then show the Diffing view."""
+        from functools import partial
+
+        from .state.diffing import crosscoder_inputs
+
+        c = self.session.cells
+        if c.path is None:
+            self.show_info("Open the cells to compare the models on first.")
+            return None
+        job = self.runner.submit(f"Model diffing with {Path(path).name}",
+                                 partial(crosscoder_inputs, path, c.path, n_cells))
+
+        def done(_status: str) -> None:
+            if job.result is None:
+                if job.error:
+                    self.show_error(job.error)
+                return
+            self.session.record("dictionaries", path)
+            try:
+                self.open_panel("Diffing").widget().set_crosscoder(*job.result)
+            except BioLLMError as e:
+                self.show_error(e.message)
+
+        job.finished.connect(done)
+        self.docks["Jobs"].raise_()
+        return job
 
     def _about(self) -> None:
         QMessageBox.about(self, f"About {TITLE}",

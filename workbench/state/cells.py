@@ -37,6 +37,7 @@ class CellsState:
         self.selection = np.empty(0, dtype=np.int64)
         self.current: int | None = None
         self.gene_values: dict[str, float] = {}
+        """the current cell's value per gene of its sentence (a feature's activation)"""
         self.activation_key: str | None = None  # obsm matrix of feature activations in use
         self._coords: np.ndarray | None = None
         self._reader = None  # the engine's CellDataset, made on the first click
@@ -177,7 +178,10 @@ class CellsState:
 
     # -- one cell -----------------------------------------------------------------------------
     def set_current(self, i: int | None) -> None:
-        self.current = None if i is None else int(i)
+        i = None if i is None else int(i)
+        if i != self.current:
+            self.gene_values = {}  # they were the previous cell's
+        self.current = i
         self.current_changed.emit()
 
     def cell_id(self, i: int) -> str:

@@ -284,26 +284,78 @@ class CircuitState:
         return write_csv(self.pruned, prefix)
 
 
+def edited_predictions(rm, ids: list[np.ndarray], edits_by_layer_feature) -> np.ndarray:
+    """[n, 2] (prediction before, after) token ids of a batch of prompts, with each feature edit
+    (layer, feature, mode, value) applied at every position: two forward passes for the batch.
+
+    The prompts are right-padded: the model is causal, so a prompt's last token never sees the
+    padding after it, and each row's prediction equals that prompt run alone.
+    """
+    import torch
+    from biollm_engine.circuits import Edit
+
+    lengths = torch.as_tensor([len(x) for x in ids])
+    pad = rm.lm.tokenizer.pad_token_id
+    batch = torch.full((len(ids), int(lengths.max())), 0 if pad is None else int(pad),
+                       dtype=torch.long)
+    for b, x in enumerate(ids):
+        batch[b, :len(x)] = torch.as_tensor(np.asarray(x), dtype=torch.long)
+    batch = batch.to(rm.unembed.weight.device)
+    by_layer: dict[int, list] = {}
+    for layer, feature, mode, value in edits_by_layer_feature:
+        by_layer.setdefault(int(layer), []).append(Edit(int(layer), 0, int(feature), mode,
+                                                        float(value)))
+    xs: dict[int, torch.Tensor] = {}
+
+    def on_out(layer, out):
+        if layer not in by_layer:
+            return None
+        y = out[0] if isinstance(out, tuple) else out
+        tc = rm.transcoders[layer]
+        x = xs[layer]
+        acts = tc.encode(x.reshape(-1, x.shape[-1]).to(tc.W_enc.dtype)).float()
+        w = tc.W_dec.detach().float()
+        delta = torch.zeros(acts.shape[0], w.shape[1], device=acts.device)
+        for e in by_layer[layer]:
+            a = acts[:, e.feature]
+            delta += (e.new_value(a) - a)[:, None] * w[e.feature]
+        new = y + delta.reshape(y.shape).to(y.dtype)
+        return (new,) + tuple(out[1:]) if isinstance(out, tuple) else new
+
+    last = torch.arange(len(ids)), lengths - 1
+    with torch.no_grad():
+        before = rm.body(input_ids=batch)[last]
+        with rm.mlp_hooks(xs.__setitem__, on_out):
+            after = rm.body(input_ids=batch)[last]
+        return torch.stack([rm.logits(before).argmax(-1), rm.logits(after).argmax(-1)],
+                           1).cpu().numpy()
+
+
 def edit_cells(engine: Engine, data: str, cells, edits_by_layer_feature, top_genes: int,
-               progress=None, cancel=None) -> np.ndarray:
-    """Apply feature edits (layer, feature, mode, value) at every position of each cell; returns
-    [n, 2] (prediction before, after) token ids, so the view can count changed predictions."""
-    from biollm_engine.circuits import Edit, intervene
+               progress=None, cancel=None, batch_size: int = 16) -> np.ndarray:
+    """Apply feature edits (layer, feature, mode, value) at every position of each cell, a batch
+    of cells per forward pass; returns [n, 2] (prediction before, after) token ids, so the view
+    can count changed predictions."""
     from biollm_engine.inputs.cells import CellDataset, CellSentenceConfig
     from biollm_engine.progress import ProgressTracker
 
     cells = [int(c) for c in cells]
+    for layer, feature, _mode, _value in edits_by_layer_feature:
+        tc = engine.rm.transcoders.get(int(layer))
+        if tc is None or not 0 <= int(feature) < tc.W_dec.shape[0]:
+            raise BioLLMError(f"layer {layer} has no transcoder feature {feature}; pick feature "
+                              "nodes of this circuit.")
     out = np.zeros((len(cells), 2), dtype=np.int64)
     tracker = ProgressTracker("edit cells", len(cells), progress, cancel)
     ds = CellDataset(data, CellSentenceConfig(top_k=top_genes))
     try:
-        for n, ex in enumerate(ds.examples(engine.lm.tokenizer, cells)):
-            edits = [Edit(layer, pos, feat, mode, value)
-                     for layer, feat, mode, value in edits_by_layer_feature
-                     for pos in range(len(ex.input_ids))]
-            r = intervene(engine.rm, ex.input_ids, edits)
-            out[n] = (r.base_prediction_id, r.prediction_id)
-            tracker.update()
+        examples = ds.examples(engine.lm.tokenizer, cells)
+        done = 0
+        while batch := [ex.input_ids for _, ex in zip(range(batch_size), examples)]:
+            out[done:done + len(batch)] = edited_predictions(engine.rm, batch,
+                                                             edits_by_layer_feature)
+            done += len(batch)
+            tracker.update(steps=len(batch))
     finally:
         ds.close()
     return out

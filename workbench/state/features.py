@@ -173,36 +173,94 @@ class FeatureResults:
     def cell_values(self, j: int) -> np.ndarray:
         return column(self.cell_max, j)
 
-    def gene_values(self, j: int) -> dict[str, float]:
-        """Mean activation of feature j on each gene's tokens (over all cells)."""
-        if self.gene_mean is None or self.genes is None:
-            return {}
-        col = self.gene_mean[:, j]
-        nz = np.flatnonzero(col > 0)
-        return {str(self.genes[g]): float(col[g]) for g in nz}
-
 
 def analysis_folder(workspace_folder: str | Path, dictionary: str | Path) -> Path:
     name = "_".join(Path(dictionary).parts[-2:]).replace(" ", "_")
     return Path(workspace_folder) / ANALYSIS_DIR / name
 
 
-def analyse(model: str, data: str, dictionary: str, type_key: str | None, folder: str | Path,
-            progress=None, cancel=None) -> FeatureResults:
-    """Run the engine's feature analysis and cache it in `folder` (a job: progress, cancel)."""
-    from biollm_engine.analysis.pipeline import FeaturesConfig, run_features
+def features_config(workspace_folder: str | Path, model: str, data: str, dictionary: str,
+                    type_key: str | None, **options):
+    """The engine's FeaturesConfig for a workspace dictionary, its table beside the cache."""
+    from biollm_engine.analysis.pipeline import FeaturesConfig
+
+    folder = analysis_folder(workspace_folder, dictionary)
+    values = {"obs_key": [type_key] if type_key else [], "device": "cpu", **options}
+    return FeaturesConfig(model=model, data=data, dict=dictionary,
+                          out=str(folder.parent / f"{folder.name}.features.parquet"), **values)
+
+
+def analyse(cfg, folder: str | Path, progress=None, cancel=None) -> FeatureResults:
+    """Run the engine's feature analysis (a FeaturesConfig) and cache it in `folder` (a job:
+    progress, cancel)."""
+    from biollm_engine.analysis.pipeline import run_features
     from biollm_engine.inputs import open_data
 
     folder = Path(folder)
-    cfg = FeaturesConfig(model=model, data=data, dict=dictionary,
-                         out=str(folder.parent / f"{folder.name}.features.parquet"),
-                         obs_key=[type_key] if type_key else [], device="cpu")
     folder.parent.mkdir(parents=True, exist_ok=True)
     result = FeatureResults.from_analysis(run_features(cfg, progress, cancel))
-    genes = open_data(data, top_k=cfg.top_k).units
+    genes = open_data(cfg.data, top_k=cfg.top_k).units
     result.with_genes(genes).save(folder)
     return result
 
 
 def load_or_none(folder: str | Path) -> FeatureResults | None:
     return FeatureResults.load(folder) if (Path(folder) / "table.parquet").exists() else None
+
+
+class CellEncoder:
+    """The model and dictionary of one analysis, loaded once (in a job), encoding single cells:
+    what a clicked cell's sentence is coloured by."""
+
+    def __init__(self, cfg):
+        from biollm_engine.dictionaries.formats import load_dictionary
+        from biollm_engine.inputs import open_data
+        from biollm_engine.models import load_model, resolve_hookpoint
+
+        self.key = encoder_key(cfg)
+        self.dictionary = load_dictionary(cfg.dict)
+        self.lm = load_model(cfg.model, device=cfg.device)
+        self.hookpoint = resolve_hookpoint(self.lm, cfg.hookpoint or self.dictionary.cfg.hookpoint
+                                           or "").name
+        self.dictionary = self.dictionary.to(self.lm.device)
+        self.data = open_data(cfg.data, top_k=cfg.top_k, layer=cfg.layer, template=cfg.template)
+
+    def encode(self, cell: int) -> "CellTokens":
+        from biollm_engine.analysis.encode import encode_live
+
+        chunks = list(encode_live(self.lm, self.data.examples(self.lm.tokenizer, [int(cell)]),
+                                  self.dictionary, self.hookpoint, batch_size=1))
+        import scipy.sparse as sp
+
+        acts = sp.vstack([c.acts for c in chunks], format="csc")
+        units = np.concatenate([c.sources.unit for c in chunks])
+        return CellTokens(int(cell), units, acts, self.data.units)
+
+
+def encoder_key(cfg) -> tuple:
+    return (cfg.model, cfg.data, cfg.dict, cfg.hookpoint, cfg.top_k, cfg.layer, cfg.template)
+
+
+def encode_cell(cfg, cell: int, encoder: CellEncoder | None = None, progress=None, cancel=None):
+    """(encoder, CellTokens): one cell's token activations; `encoder` is reused when it fits."""
+    if encoder is None or encoder.key != encoder_key(cfg):
+        encoder = CellEncoder(cfg)
+    return encoder, encoder.encode(cell)
+
+
+class CellTokens:
+    """One cell's feature activations on each of its tokens, and the gene each token spells."""
+
+    def __init__(self, cell: int, units: np.ndarray, acts, genes):
+        self.cell, self.units, self.acts, self.genes = cell, np.asarray(units), acts, genes
+
+    def gene_values(self, j: int) -> dict[str, float]:
+        """Feature j's activation on each gene of the sentence (the maximum over the gene's
+        tokens), genes where it fires only."""
+        col = np.asarray(self.acts[:, j].toarray()).ravel()
+        on = (self.units >= 0) & (col > 0)
+        best: dict[str, float] = {}
+        for u, v in zip(self.units[on], col[on]):
+            g = str(self.genes[u])
+            best[g] = max(best.get(g, 0.0), float(v))
+        return best

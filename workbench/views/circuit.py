@@ -11,7 +11,7 @@ import logging
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import Qt
+from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (QComboBox, QDoubleSpinBox, QFileDialog, QGridLayout, QHBoxLayout,
                                QLabel, QLineEdit, QPushButton, QSplitter, QToolButton,
                                QVBoxLayout, QWidget)
@@ -38,6 +38,9 @@ def _slider(value: float, tip: str) -> QLabeledDoubleSlider:
 
 
 class CircuitPanel(QWidget):
+    feature_clicked = Signal(str, int)
+    """a feature node was clicked: (its transcoder's folder, feature index)"""
+
     def __init__(self, session: Session, runner, parent=None, top_genes: int = 200,
                  max_features: int = 300):
         """`runner`: a callable giving the window's JobRunner (made on first use)."""
@@ -238,7 +241,9 @@ class CircuitPanel(QWidget):
         if d["kind"] == "feature":
             lines.append(f"layer {d['layer']} transcoder, feature {d['feature']}, position "
                          f"{d['position']}, activation {d['activation']:.3g}")
-            self._colour_by_feature(d["layer"], d["feature"])
+            tc = self.state.engine.rm.transcoders.get(d["layer"]) if self.state.engine else None
+            if getattr(tc, "path", None):  # the Features panel shows its full detail
+                self.feature_clicked.emit(str(tc.path), d["feature"])
         elif d["kind"] == "input" and d.get("rank"):
             lines.append(f"gene {d['gene']}: expression rank {d['rank']} of {d['n_genes']} "
                          "in this cell")
@@ -251,19 +256,6 @@ class CircuitPanel(QWidget):
         if len(picked) > 1:
             lines.append(f"picked for an edit: {', '.join(self.state.graph.label(j).strip() for j in picked)}")
         self.detail.setText("<br>".join(lines))
-
-    def _colour_by_feature(self, layer: int, feature: int) -> None:
-        """The Features view's colouring: the feature's activation over the cells, when the data
-        set holds this transcoder's activations (obsm written back by `biollm features`)."""
-        c = self.cells
-        if c.adata is None:
-            return
-        from ..state.features import activation_keys, column
-
-        keys = [k for k in activation_keys(c.adata) if f"layers.{layer}." in k
-                or f"layers_{layer}_" in k]
-        if keys and feature < c.adata.obsm[keys[0]].shape[1]:
-            c.set_values(column(c.adata.obsm[keys[0]], feature), f"{keys[0]}:{feature}")
 
     # -- interventions ------------------------------------------------------------------------
     def edit_picked(self, nodes=None, frozen: bool = False):

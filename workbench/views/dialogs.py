@@ -1,5 +1,7 @@
 """Job dialogs built by magicgui from the engine's own dataclass configs (TrainConfig,
 HarvestConfig, FeaturesConfig): the CLI flags, config files and these forms share one source.
+The Analyse menu opens them; OK starts the job (training in a child process, the others in
+worker threads) and the Jobs panel shows it.
 
 `config_form` turns chosen fields into magicgui widgets (help text as tooltips); `ConfigDialog`
 checks the values, first by the config's own `__post_init__`, then with `check` (paths exist,
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import typing
+from functools import partial
 from pathlib import Path
 
 from magicgui.widgets import Container, LineEdit, create_widget
@@ -19,7 +22,10 @@ from biollm_engine.errors import BioLLMError
 
 TRAIN_FIELDS = ("model", "data", "out", "hookpoint", "kind", "activation", "latents", "k",
                 "tokens", "batch_size", "device", "checkpoint_every", "log_every")
-HARVEST_FIELDS = ("hookpoints", "batch_size", "max_tokens", "genes_only", "store_dtype")
+HARVEST_FIELDS = ("model", "data", "out", "hookpoints", "top_k", "batch_size", "max_tokens",
+                  "genes_only", "store_dtype", "device")
+FEATURE_FIELDS = ("model", "data", "dict", "obs_key", "top_n", "min_gene_count", "top_k",
+                  "batch_size", "device")
 NUMBER_MAX = 2**31 - 1
 
 
@@ -33,14 +39,13 @@ def _optional(tp) -> tuple[object, bool]:
 
 
 def config_form(cls, fields=None, values: dict | None = None) -> Container:
-    """A magicgui Container with one widget per dataclass field (lists as comma-separated text,
-    optional numbers as 0 = unset)."""
+    """A magicgui Container with one widget per dataclass field, in the order of `fields` (all,
+    in class order, by default); lists as comma-separated text, optional numbers as 0 = unset."""
     hints = typing.get_type_hints(cls)
     values = values or {}
     widgets = []
-    for f in dataclasses.fields(cls):
-        if fields is not None and f.name not in fields:
-            continue
+    by_name = {f.name: f for f in dataclasses.fields(cls)}
+    for f in (by_name.values() if fields is None else (by_name[n] for n in fields)):
         default = values.get(f.name, f.default if f.default is not dataclasses.MISSING
                              else f.default_factory() if f.default_factory
                              is not dataclasses.MISSING else None)
@@ -112,10 +117,12 @@ class ConfigDialog(QDialog):
     """OK builds the config and checks it; on a problem the message shows and the dialog stays."""
 
     def __init__(self, cls, title: str, fields=None, values: dict | None = None, check=None,
-                 parent=None):
+                 parent=None, fixed: dict | None = None):
+        """`fixed`: values of fields not shown (the workbench decides them)."""
         super().__init__(parent)
         self.setWindowTitle(title)
         self.cls, self.check, self.config = cls, check, None
+        self.fixed = dict(fixed or {})
         self.form = config_form(cls, fields, values)
         self.message = QLabel("")
         self.message.setWordWrap(True)
@@ -132,7 +139,7 @@ class ConfigDialog(QDialog):
     def validate(self):
         """The config, or None with the reason shown in the dialog."""
         try:
-            cfg = self.cls(**form_values(self.cls, self.form))
+            cfg = self.cls(**{**self.fixed, **form_values(self.cls, self.form)})
             if self.check is not None:
                 self.check(cfg)
         except BioLLMError as e:
@@ -168,11 +175,73 @@ def train_dialog(workspace, parent=None) -> ConfigDialog:
                         parent)
 
 
-def harvest_dialog(parent=None) -> ConfigDialog:
-    from biollm_engine.harvest import HarvestConfig
+def harvest_dialog(workspace, data: str | None = None, parent=None) -> ConfigDialog:
+    """`biollm harvest` as a form: the workspace's model, the open cells, a cache folder in the
+    workspace."""
+    from ..state.harvest import HarvestJob, check_harvest
 
-    return ConfigDialog(HarvestConfig, "Harvest activations", HARVEST_FIELDS,
-                        {"hookpoints": ["layers.1"]}, None, parent)
+    values = {"hookpoints": ["layers.1"], "device": "auto"}
+    if workspace.model:
+        values["model"] = workspace.model
+    if data or workspace.data:
+        values["data"] = data or workspace.data[0]
+    if workspace.folder is not None:
+        values["out"] = str(Path(workspace.folder) / "caches" / "harvest")
+    return ConfigDialog(HarvestJob, "Harvest activations", HARVEST_FIELDS, values, check_harvest,
+                        parent)
+
+
+def check_features(cfg) -> None:
+    for name in ("model", "data", "dict"):
+        p = getattr(cfg, name)
+        if not p or not Path(p).exists():
+            raise BioLLMError(f"{name} {p or '(empty)'} does not exist; choose an existing file "
+                              "or folder.")
+    if cfg.top_n < 1 or cfg.top_k < 1 or cfg.batch_size < 1:
+        raise BioLLMError("top n, top k and batch size must be at least 1.")
+
+
+def features_dialog(cfg, parent=None) -> ConfigDialog:
+    """FeaturesConfig's form, prefilled with `cfg` (the Features panel's default analysis); the
+    table's file is the workspace's analysis folder, set when the job starts."""
+    from biollm_engine.analysis.pipeline import FeaturesConfig
+
+    values = dataclasses.asdict(cfg)
+    return ConfigDialog(FeaturesConfig, "Analyse features", FEATURE_FIELDS, values,
+                        check_features, parent, fixed={"out": values["out"]})
+
+
+def ask_and_harvest(window):
+    """The harvest dialog; on OK the harvest runs as a job and its cache joins the workspace."""
+    from ..state.harvest import run_harvest
+    from ..state.jobs import DONE
+
+    cells = window.session.cells.path
+    dialog = harvest_dialog(window.session.workspace, str(cells) if cells else None, window)
+    if not dialog.exec():
+        return None
+    cfg = dialog.config
+    job = window.runner.submit(f"Harvest {', '.join(cfg.hookpoints)} of {Path(cfg.data).name}",
+                               partial(run_harvest, cfg))
+    job.finished.connect(lambda status: status == DONE
+                         and window.session.record("caches", job.result))
+    window.docks["Jobs"].raise_()
+    return job
+
+
+def ask_and_analyse(window):
+    """The analysis dialog over the Features panel's default analysis; OK starts the job."""
+    panel = window.features_panel
+    cfg = panel.default_config()
+    if cfg is None:
+        window.show_info("Open a workspace with a model and a dictionary, and cells, first.")
+        return None
+    dialog = features_dialog(cfg, window)
+    if not dialog.exec():
+        return None
+    job = panel.analyse(dialog.config)
+    window.docks["Jobs"].raise_()
+    return job
 
 
 def ask_and_train(window) -> object | None:

@@ -9,10 +9,13 @@ the workspace folder; the detail and heatmap tabs then show the chosen feature.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-
-from PySide6.QtCore import Qt
+from functools import partial
 from pathlib import Path
+
+import numpy as np
+from PySide6.QtCore import Qt
 
 from PySide6.QtWidgets import (QComboBox, QFileDialog, QHBoxLayout, QLabel, QLineEdit,
                                QSplitter, QTableView, QTabWidget, QToolButton, QVBoxLayout,
@@ -35,6 +38,11 @@ class FeaturesPanel(QWidget):
         self.results = None  # FeatureResults of the analysed dictionary
         self.detail = self.heatmap = None  # made with the first analysis (they load pyqtgraph)
         self.analysis_job = None
+        self.analysis_cfg = None  # FeaturesConfig of the analysis shown (its model, dictionary)
+        self.feature: int | None = None
+        self.encoder = None  # the analysis' model and dictionary, loaded by the first cell job
+        self.cell_tokens = None  # the clicked cell's token activations (CellTokens)
+        self.cell_job = self.cell_job_for = None
         self.cells = session.cells
         self.key: str | None = None
         self.top_of_selection: list[int] = []
@@ -93,6 +101,7 @@ class FeaturesPanel(QWidget):
         self.source.textActivated.connect(self.show_matrix)
         self.table.selectionModel().currentRowChanged.connect(self._row_chosen)
         self.cells.loaded.connect(self._on_loaded)
+        self.cells.current_changed.connect(self._colour_sentence)
         self.cells.selection_changed.connect(self._on_selection)
         self._on_loaded()
 
@@ -122,28 +131,83 @@ class FeaturesPanel(QWidget):
             return True
         return False
 
-    def analyse(self):
-        """Run the analysis as a job (progress, cancel); the cache is used when present."""
-        if self.load_cached():
-            return None
+    def default_config(self):
+        """The analysis the Analyse button runs: the chosen dictionary on the open cells."""
         ws, c = self.session.workspace, self.cells
-        folder = self.analysis_folder()
-        if folder is None or not ws.model or c.path is None or self.runner is None:
+        d = self.dictionary.currentData()
+        if ws.folder is None or not ws.model or d is None or c.path is None:
+            return None
+        return feat.features_config(ws.folder, ws.model, str(c.path), d, c.type_key)
+
+    def analyse(self, cfg=None):
+        """Run the analysis as a job (progress, cancel). Without `cfg`: the chosen dictionary
+        with default options, and its cached result when there is one."""
+        if cfg is None:
+            if self.load_cached():
+                return None
+            cfg = self.default_config()
+        if cfg is None or self.runner is None:
             log.warning("analyse: open a workspace with a model, a dictionary and cells first")
             return None
-        from functools import partial
-
+        ws = self.session.workspace
+        folder = feat.analysis_folder(ws.folder, cfg.dict)
+        cfg = dataclasses.replace(cfg, out=str(folder.parent / f"{folder.name}.features.parquet"))
+        self.session.record("dictionaries", cfg.dict)
+        self.choose_dictionary(cfg.dict)
         from ..state.jobs import DONE
 
-        fn = partial(feat.analyse, ws.model, str(c.path), self.dictionary.currentData(),
-                     c.type_key, folder)
-        job = self.runner().submit(f"Analyse {folder.name}", fn)
+        job = self.runner().submit(f"Analyse {folder.name}", partial(feat.analyse, cfg, folder))
         self.analysis_job = job
-        job.finished.connect(lambda status: status == DONE and self.show_results(job.result,
-                                                                                  folder.name))
+
+        def done(status: str) -> None:
+            if status == DONE:
+                self.session.record("analyses", folder)
+                self.show_results(job.result, folder.name, cfg)
+
+        job.finished.connect(done)
         return job
 
-    def show_results(self, results, name: str) -> None:
+    def choose_dictionary(self, path: str) -> bool:
+        """Make a workspace dictionary the chosen one; returns whether it is in the list."""
+        target = str(Path(path).resolve())
+        for i in range(self.dictionary.count()):
+            if str(Path(self.dictionary.itemData(i)).resolve()) == target:
+                self.dictionary.setCurrentIndex(i)
+                return True
+        return False
+
+    def show_dictionary_feature(self, path: str, j: int):
+        """Feature j of the dictionary at `path` in the table and detail: from its cached
+        analysis at once, else after analysing it (returns that job)."""
+        self.session.record("dictionaries", path)
+        self.choose_dictionary(path)
+        if self.load_cached():
+            self.select_feature(j)
+            return None
+        job = self.analyse()
+        if job is not None:
+            job.finished.connect(lambda status: job.result is not None and self.select_feature(j))
+        return job
+
+    def select_feature(self, j: int) -> None:
+        """Show feature j: its row chosen in the table (filter cleared if it hid the row)."""
+        rows = np.flatnonzero(self.model.df["feature"].to_numpy() == j)
+        if not len(rows):
+            return
+        where = np.flatnonzero(self.model.rows == rows[0])
+        if not len(where):
+            self.filter.clear()
+            where = np.flatnonzero(self.model.rows == rows[0])
+        index = self.model.index(int(where[0]), 0)
+        self.table.scrollTo(index)
+        if self.table.currentIndex().row() == index.row():
+            self.show_feature(j)
+        else:
+            self.table.setCurrentIndex(index)  # _row_chosen shows it
+
+    def show_results(self, results, name: str, cfg=None) -> None:
+        """Show an analysis; `cfg` (its FeaturesConfig, default: the Analyse button's) says
+        which model and dictionary colour a clicked cell's sentence."""
         from .feature_detail import FeatureDetail
         from .heatmap import HeatmapView
 
@@ -152,6 +216,8 @@ class FeaturesPanel(QWidget):
             self.tabs.addTab(self.detail, "Detail")
             self.tabs.addTab(self.heatmap, "Heatmap")
         self.results = results
+        self.analysis_cfg = cfg or self.default_config()
+        self.cell_tokens, self.feature = None, None
         # where the engine's write-back puts them, so hover and selection read them too
         self.key = self.cells.activation_key = f"X_{name}"
         self.cells.adata.obsm[self.key] = results.cell_max
@@ -175,13 +241,48 @@ class FeaturesPanel(QWidget):
         """Colour the cells and the clicked cell's sentence by feature j; fill the detail."""
         label = self.session.workspace.feature_labels.get(f"{self.key}:{j}", "")
         name = f"{self.key}:{j}" + (f" {label}" if label else "")
+        self.feature = j
         if self.results is not None:
-            self.cells.gene_values = self.results.gene_values(j)
             self.cells.set_values(self.results.cell_values(j), name)
             self.detail.show_feature(j, label)
-            self.cells.current_changed.emit()  # the sentence chips take the new gene values
+            self._colour_sentence()
         else:
             self.cells.set_values(feat.column(self.cells.adata.obsm[self.key], j), name)
+
+    def _colour_sentence(self) -> None:
+        """The clicked cell's genes coloured by its own activation of the chosen feature: the
+        cell is run through the model and dictionary in a job (loaded once, then reused)."""
+        c, j = self.cells, self.feature
+        if self.results is None or j is None or c.current is None:
+            return
+        tokens = self.cell_tokens
+        if tokens is not None and tokens.cell == c.current:
+            values = tokens.gene_values(j)
+            if values != c.gene_values:
+                c.gene_values = values
+                c.current_changed.emit()  # the sentence chips take them; here they are equal
+            return
+        cfg = self.analysis_cfg
+        if cfg is None or self.runner is None or self.cell_job_for == c.current:
+            return
+        cell, encoder = c.current, self.encoder
+        job = self.runner().submit(f"Feature activations of cell {c.cell_id(cell)}",
+                                   partial(feat.encode_cell, cfg, cell, encoder))
+        self.cell_job, self.cell_job_for = job, cell
+
+        def done(_status: str) -> None:
+            if self.cell_job_for == cell:
+                self.cell_job_for = None
+            if job.result is None:
+                if job.error:
+                    log.error("activations of cell %s: %s", cell, job.error)
+                return
+            self.encoder, tokens = job.result
+            if c.current == cell:
+                self.cell_tokens = tokens
+                self._colour_sentence()
+
+        job.finished.connect(done)
 
     def _on_loaded(self) -> None:
         if self.load_cached():
@@ -196,7 +297,7 @@ class FeaturesPanel(QWidget):
     def show_matrix(self, key: str | None) -> None:
         """Compute the table for obsm[key] in a worker; None or "(none)" clears it."""
         key = None if key in (None, "(none)") else key
-        self.results = None
+        self.results = self.feature = None
         self.tabs.hide()
         self.key = self.cells.activation_key = key
         self._on_selection()
