@@ -49,6 +49,14 @@ def test_window_opens_empty_with_panels_and_hint(window):
     assert "Memory" in window.machine_label.text()
 
 
+def test_a_damaged_fasta_is_one_error_line(window, messages, tmp_path):
+    bad = tmp_path / "broken.fa.gz"
+    bad.write_bytes(b"not gzip at all")
+    drop(window, bad)
+    assert len(messages) == 1 and messages[0][0] == "critical"
+    assert "broken.fa.gz" in messages[0][1] and "\n" not in messages[0][1].strip()
+
+
 def test_drop_h5ad_shows_every_cell_coloured_by_type(qtbot, window, pbmc, pbmc_h5ad):
     load(qtbot, window, pbmc_h5ad, 700)
     view, cells = window.embedding, window.session.cells
@@ -166,6 +174,8 @@ def test_drop_sequences_dictionaries_and_models(window, tmp_path):
     ws = window.session.workspace
     assert ws.sequences == [str(fasta.resolve())]
     assert window.data_panel.sequences.item(0).text() == "chr1.fa"
+    tracks = window.docks["Tracks"].widget()  # the genome browser shows the dropped file
+    assert tracks.path == fasta and tracks.seq == "ACGT"
     assert window.models_panel.dictionary_names() == ["layers.1"]
     d = window.models_panel.tree.topLevelItem(1).child(0)
     assert [d.text(i) for i in range(1, 6)] == ["sae", "64", "512", "16", "sparsify"]

@@ -141,13 +141,17 @@ class MainWindow(QMainWindow):
             from .views.diffing import DiffingView
 
             return DiffingView()
+        if name == "Tracks":
+            from .views.tracks import TracksPanel
+
+            return TracksPanel(self.session, lambda: self.runner)
         from .views.evaluate import EvaluatePanel
 
         return EvaluatePanel(self.session, lambda: self.runner)
 
     def open_panel(self, name: str) -> QDockWidget:
-        """Dock an analysis panel (Circuit, Evaluate, Diffing) on first use: they load pyqtgraph
-        and the engine."""
+        """Dock an analysis panel (Circuit, Evaluate, Diffing, Tracks) on first use: they load
+        pyqtgraph and the engine."""
         if name not in self.docks:
             dock = QDockWidget(name, self)
             dock.setObjectName(f"dock-{name}")
@@ -274,7 +278,10 @@ class MainWindow(QMainWindow):
             self.load_h5ad(r.path)
         elif r.kind == files.SEQUENCE:
             self.session.record("sequences", r.path)
-            self.docks["Data"].raise_()
+            try:
+                self.open_panel("Tracks").widget().open_sequence(r.path)
+            except BioLLMError as e:
+                self.show_error(e.message)
         elif r.kind == files.DICTIONARY:
             self.session.record("dictionaries", r.path)
             self.docks["Model & dictionaries"].raise_()
