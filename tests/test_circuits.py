@@ -14,6 +14,9 @@ from biollm_engine.dictionaries import Dictionary, DictionaryConfig
 from biollm_engine.errors import BioLLMError
 from biollm_engine.models import capture, load_model, resolve_hookpoint, run_to
 
+# tiny models: a second torch thread only adds waiting on a shared machine
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 PROMPT = "CD3E CD3D IL7R MALAT1 RPL13 MS4A1 CD79A NKG7 GNLY The cell type is:"
 
 

@@ -17,6 +17,9 @@ from biollm_engine.models import load_model
 
 from test_circuits import assert_exact, make_transcoders, true_values
 
+# tiny models: a second torch thread only adds waiting on a shared machine
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 # circuit-tracer 0.5.0 frontend/graph_models.py (MIT licence, (c) its authors): the schema its
 # viewer reads, copied because circuit-tracer itself pins transformers<=4.57.

@@ -3,7 +3,10 @@ and its recorded accuracy is what its model does, and the headless run writes ev
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,12 +14,15 @@ import pytest
 import torch
 
 from biollm_engine.cli import main
-from biollm_engine.demo import DEFAULT_WORKSPACE
+from biollm_engine.demo import DEFAULT_WORKSPACE, DemoBuildConfig, build
 from biollm_engine.demo.data import LABEL_COLUMN, SPLIT_COLUMN, stratified_split
 from biollm_engine.demo.tokenizer import build_tokenizer, label_token_ids
 from biollm_engine.dictionaries import load_dictionary
 from biollm_engine.inputs.cells import CellDataset, CellSentenceConfig
 from biollm_engine.models import load_model, resolve_hookpoint
+
+# the demo's model is small: a second torch thread only adds waiting on a shared machine
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -140,6 +146,68 @@ def test_demo_run_writes_tables_circuits_and_figures(quick_ws, tmp_path):
     assert sum(s.startswith("circuit_") for s in stems) == 1
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["cell_types"]) == set(labels)
+    assert summary["feature_analysis"]["from_cache"]  # the build stored it for these inputs
+
+
+def test_cached_analysis_equals_live_and_goes_stale_with_any_input(quick_ws, tmp_path):
+    import scipy.sparse as sp
+    from safetensors.torch import load_file, save_file
+
+    from biollm_engine.demo.features import analyse, content_key, features_config, load_cache
+    from biollm_engine.demo.workspace import read_workspace
+
+    ws = read_workspace(quick_ws)
+    cached = analyse(ws, tmp_path / "cached")
+    live = analyse(ws, tmp_path / "live", use_cache=False)
+    assert cached.cached and not live.cached and cached.key == live.key
+    assert (tmp_path / "cached" / "features.csv").read_bytes() == \
+        (tmp_path / "live" / "features.csv").read_bytes()
+    assert (sp.csr_matrix(cached.cell_max) != live.cell_max).nnz == 0
+
+    copy = tmp_path / "ws"
+    shutil.copytree(quick_ws, copy)
+    copied = read_workspace(copy)
+    assert load_cache(copy, content_key(copied, features_config(copied, tmp_path))) is not None
+    weights = copied["sae"] / "dictionary.safetensors"
+    tensors = load_file(weights)
+    tensors["W_dec"][0, 0] += 1e-3  # one weight of one feature
+    save_file(tensors, weights, metadata={"format": "pt"})
+    assert load_cache(copy, content_key(copied, features_config(copied, tmp_path))) is None
+
+
+def test_dictionaries_are_trained_on_the_training_cells_only(quick_ws):
+    from transformers import PreTrainedTokenizerFast
+
+    report = json.loads((quick_ws / "demo.json").read_text())
+    top_k = json.loads((quick_ws / "workspace.json").read_text())["settings"]["cell_sentence"]
+    tok = PreTrainedTokenizerFast.from_pretrained(quick_ws / "model")
+    ds = CellDataset(quick_ws / "cells.h5ad", CellSentenceConfig(top_k=top_k["top_k"]))
+    train = np.flatnonzero(ds.obs[SPLIT_COLUMN].astype(str).to_numpy() == "train")
+    tokens = sum(int(ex.keep.sum()) for ex in ds.examples(tok, train))
+    data = report["dictionary_data"]
+    assert (data["cells"], data["tokens"], data["heldout_cells"]) == (len(train), tokens, 0)
+    assert data["cells"] == report["model"]["n_train"]
+
+
+def test_two_builds_write_identical_weights(tmp_path):
+    """Seeds, one thread and deterministic algorithms: a rebuild gives the same bytes, whatever
+    the state the process was left in before it."""
+    def tiny(out):
+        return dataclasses.replace(DemoBuildConfig(out=str(out)).reduced(), top_k=8, layers=1,
+                                   width=32, epochs=1, sae_layer=0, dict_latents=64,
+                                   dict_tokens=2048, dict_batch_size=256, analysis=False)
+
+    hashes = []
+    for name in ("a", "b"):
+        build(tiny(tmp_path / name))
+        hashes.append({p.relative_to(tmp_path / name).as_posix():
+                       hashlib.sha256(p.read_bytes()).hexdigest()
+                       for p in sorted((tmp_path / name).rglob("*.safetensors"))})
+        torch.manual_seed(12345)  # the second build starts from another global state
+        np.random.seed(6789)
+        torch.set_num_threads(2)
+    assert len(hashes[0]) == 3  # model, transcoder, SAE
+    assert hashes[0] == hashes[1]
 
 
 def test_committed_demo_loads_and_its_accuracy_is_recounted():

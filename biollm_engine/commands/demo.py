@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from .. import config
 
@@ -48,11 +49,18 @@ def run_build(args: argparse.Namespace) -> int:
 def run_demo(args: argparse.Namespace) -> int:
     from ..demo.run import DemoRunConfig, run
 
+    from ..fileio import read_json
+
     cfg = config.from_args(DemoRunConfig, args)
     with _Bars() as bars:
         written = run(cfg, progress=bars)
     for path in written:
         print(path)
+    analysis = read_json(Path(cfg.out) / "summary.json", "demo summary")["feature_analysis"]
+    print("feature analysis: " + ("read from the workspace's cache (same inputs and code)"
+                                  if analysis["from_cache"] else
+                                  "computed (no cache in the workspace for these inputs and code; "
+                                  "--save-cache stores it)"))
     return 0
 
 

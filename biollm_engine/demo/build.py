@@ -2,8 +2,11 @@
 
 The workspace folder holds `model/` (tokenizer + GPTNeoX, save_pretrained), `dictionaries/`
 (a transcoder per MLP layer and a TopK SAE on one residual layer, trained by the project's own
-trainer), `cells.h5ad` (pbmc68k_reduced with the train / held-out split in obs), `demo.json`
-(what was measured) and `workspace.json` (what the workbench opens).
+trainer on the training cells only), `cells.h5ad` (pbmc68k_reduced with the train / held-out
+split in obs), `cache/features/` (the SAE's feature analysis, keyed by a content hash),
+`demo.json` (what was measured) and `workspace.json` (what the workbench opens). Each part is
+one function (`build_cells`, `build_model`, `build_dictionaries`, `build_analysis`) on the
+folder being built.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import dataclasses
 import json
 import os
 import platform
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -23,11 +27,9 @@ from ..config import to_dict
 from ..errors import BioLLMError
 from ..fileio import atomic_dir, write_json
 from ..progress import CancelToken, ProgressCallback
-from .data import (LABEL_COLUMN, SPLIT_COLUMN, build_sequences, cell_dataset, load_pbmc,
-                   stratified_split)
+from .data import LABEL_COLUMN, SPLIT_COLUMN, build_sequences, cell_dataset, stratified_split
 from .model import deterministic
-
-DEFAULT_WORKSPACE = Path(__file__).resolve().parents[2] / "resources" / "demo"
+from .workspace import DEFAULT_WORKSPACE, OTHER_DEMOS
 
 
 @dataclass
@@ -59,9 +61,11 @@ class DemoBuildConfig:
     dict_tokens: int = field(default=400_000, metadata={"help": "training tokens per dictionary"})
     dict_batch_size: int = field(default=1024, metadata={"help": "tokens per dictionary step"})
     dict_eval_cells: int = field(default=16, metadata={
-        "help": "prompts for the trainer's spliced evaluation (it reads cells.h5ad with the "
+        "help": "held-out prompts for the trainer's spliced evaluation (it reads cells with the "
                 "engine's default 200-gene sentences, so it is off when top_k differs)"})
     sae_layer: int = field(default=2, metadata={"help": "residual layer of the SAE (layers.i)"})
+    analysis: bool = field(default=True, metadata={
+        "help": "also store the SAE's feature analysis (`biollm demo run` reuses it)"})
 
     def reduced(self) -> "DemoBuildConfig":
         """The `--quick` variant: what a test can afford, still on all 700 real cells."""
@@ -72,52 +76,90 @@ class DemoBuildConfig:
 
 def build(cfg: DemoBuildConfig, progress: ProgressCallback | None = None,
           cancel: CancelToken | None = None) -> Path:
-    """Build the workspace into `cfg.out` (atomically: the old one stays until the new is done)."""
+    """Build the workspace into `cfg.out` (atomically: the old one stays until the new is done;
+    the other demos' folders in it are carried over)."""
     if cfg.quick:
         cfg = cfg.reduced()
     if not 0 < cfg.heldout_fraction < 1:
         raise BioLLMError("heldout_fraction must be between 0 and 1.")
     if not 0 <= cfg.sae_layer < cfg.layers:
         raise BioLLMError(f"sae_layer must be a layer of the model (0..{cfg.layers - 1}).")
-    t0, cpu0 = time.perf_counter(), time.process_time()
     out = Path(cfg.out)
+    clock = _Clock()
     with atomic_dir(out) as tmp:
-        timings, report = {}, {}
-        adata = load_pbmc()
-        labels = list(adata.obs[LABEL_COLUMN].cat.categories)
-        codes = adata.obs[LABEL_COLUMN].cat.codes.to_numpy().astype(np.int64)
-        heldout = stratified_split(codes, cfg.heldout_fraction, cfg.seed)
-        adata.obs[SPLIT_COLUMN] = np.where(heldout, "heldout", "train")
-        adata.obs[SPLIT_COLUMN] = adata.obs[SPLIT_COLUMN].astype("category")
-        adata.write_h5ad(tmp / "cells.h5ad", compression="gzip")
-
-        t = time.perf_counter()
-        report["model"] = _build_model(cfg, adata, labels, codes, heldout, tmp / "model",
-                                       progress, cancel)
-        timings["model_s"] = time.perf_counter() - t
-
-        t = time.perf_counter()
-        dictionaries = _build_dictionaries(cfg, tmp, progress, cancel)
-        timings["dictionaries_s"] = time.perf_counter() - t
-        timings["total_s"] = time.perf_counter() - t0
-        # CPU seconds of this process: on a busy shared machine a better estimate than the wall
-        # time of what the build takes on an idle one (it runs on `threads` threads)
-        timings["cpu_s"] = time.process_time() - cpu0
-        report.update(dictionaries=dictionaries["report"],
-                      timings_s={k: round(v, 1) for k, v in timings.items()},
+        report = {}
+        with clock("cells"):
+            heldout = build_cells(cfg, tmp)
+        with clock("model"):
+            report["model"] = build_model(cfg, tmp, heldout, progress, cancel)
+        with clock("dictionaries"):
+            dictionaries = build_dictionaries(cfg, tmp, heldout, progress, cancel)
+        report["dictionaries"] = dictionaries["report"]
+        report["dictionary_data"] = dictionaries["data"]
+        write_json(tmp / "workspace.json", _workspace(cfg, dictionaries["paths"]))
+        if cfg.analysis:
+            with clock("analysis"):
+                report["analysis"] = build_analysis(cfg, tmp, progress, cancel)
+        report.update(timings_s=clock.report(),
                       machine={"platform": platform.platform(), "threads": cfg.threads},
                       config={k: v for k, v in to_dict(cfg).items() if k != "out"})
         write_json(tmp / "demo.json", report)
-        write_json(tmp / "workspace.json", _workspace(cfg, dictionaries["paths"]))
+        for name in OTHER_DEMOS:
+            if (out / name).is_dir():
+                shutil.copytree(out / name, tmp / name)
     return out
 
 
-def _build_model(cfg, adata, labels, codes, heldout, dest: Path, progress, cancel) -> dict:
+class _Clock:
+    """Wall and CPU seconds of each part of the build (CPU: on a busy shared machine a better
+    estimate than the wall time of what the build takes on an idle one)."""
+
+    def __init__(self):
+        self.t0, self.cpu0, self.parts = time.perf_counter(), time.process_time(), {}
+
+    def __call__(self, name: str):
+        import contextlib
+
+        @contextlib.contextmanager
+        def part():
+            t, c = time.perf_counter(), time.process_time()
+            yield
+            self.parts[f"{name}_s"] = time.perf_counter() - t
+            self.parts[f"{name}_cpu_s"] = time.process_time() - c
+        return part()
+
+    def report(self) -> dict:
+        total = {"total_s": time.perf_counter() - self.t0,
+                 "cpu_s": time.process_time() - self.cpu0}
+        return {k: round(v, 1) for k, v in {**self.parts, **total}.items()}
+
+
+def build_cells(cfg: DemoBuildConfig, ws: Path) -> np.ndarray:
+    """`cells.h5ad`: pbmc68k_reduced with the stratified train / held-out split; the mask."""
+    from .data import load_pbmc
+
+    adata = load_pbmc()
+    codes = adata.obs[LABEL_COLUMN].cat.codes.to_numpy().astype(np.int64)
+    heldout = stratified_split(codes, cfg.heldout_fraction, cfg.seed)
+    adata.obs[SPLIT_COLUMN] = np.where(heldout, "heldout", "train")
+    adata.obs[SPLIT_COLUMN] = adata.obs[SPLIT_COLUMN].astype("category")
+    adata.write_h5ad(ws / "cells.h5ad", compression="gzip")
+    return heldout
+
+
+def build_model(cfg: DemoBuildConfig, ws: Path, heldout: np.ndarray, progress=None,
+                cancel=None) -> dict:
+    """`model/`: the tokenizer and the GPTNeoX trained on the training cells; its report."""
+    import anndata as ad
     import transformers as tf
 
     from .model import gpt_neox_config, predict, train_model
     from .tokenizer import build_tokenizer, label_token_ids
 
+    dest = ws / "model"
+    adata = ad.read_h5ad(ws / "cells.h5ad")
+    labels = list(adata.obs[LABEL_COLUMN].cat.categories)
+    codes = adata.obs[LABEL_COLUMN].cat.codes.to_numpy().astype(np.int64)
     dataset = cell_dataset(adata, cfg.top_k)
     tokenizer = build_tokenizer(dataset.genes, labels, [dataset.prompt(0)])
     label_ids = label_token_ids(tokenizer, labels)
@@ -158,9 +200,12 @@ def _build_model(cfg, adata, labels, codes, heldout, dest: Path, progress, cance
     }
 
 
-def _build_dictionaries(cfg, ws: Path, progress, cancel) -> dict:
-    """Harvest every needed hookpoint over the demo's own prompts once, then train the
-    transcoders (one pass for all layers) and the SAE from that cache."""
+def build_dictionaries(cfg: DemoBuildConfig, ws: Path, heldout: np.ndarray, progress=None,
+                       cancel=None) -> dict:
+    """Harvest every needed hookpoint over the training cells' prompts once, then train the
+    transcoders (one pass for all layers) and the SAE from that cache. The held-out cells are
+    left out of the dictionaries as they are of the model; the trainer's spliced evaluation
+    reads them (a copy of the held-out cells is the cache's data set)."""
     from ..harvest import HarvestConfig, harvest
     from ..models import load_model
     from ..training import TrainConfig, train
@@ -173,18 +218,28 @@ def _build_dictionaries(cfg, ws: Path, progress, cancel) -> dict:
     hookpoints = transcoder_in + [f"layers.{i}.mlp.out" for i in range(cfg.layers)] \
         + [f"layers.{cfg.sae_layer}"]
     paths, report = [], {}
-    with tempfile.TemporaryDirectory(prefix="biollm-demo-cache-") as cache_dir, \
+    with tempfile.TemporaryDirectory(prefix="biollm-demo-cache-") as tmp, \
             deterministic(cfg.seed, cfg.threads):
+        cache_dir, eval_data = Path(tmp) / "cache", Path(tmp) / "heldout.h5ad"
         lm = load_model(str(ws / "model"), device="cpu")
-        dataset = cell_dataset(ws / "cells.h5ad", cfg.top_k)
-        harvest(lm, dataset.examples(lm.tokenizer), HarvestConfig(hookpoints=hookpoints,
-                                                                   store_dtype="float32"),
-                cache_dir, progress=progress, cancel=cancel, total_examples=dataset.n_cells,
-                meta={"data": str(ws / "cells.h5ad"), "units": dataset.genes})
-        dataset.close()
+        with cell_dataset(ws / "cells.h5ad", cfg.top_k) as dataset:
+            _write_subset(ws / "cells.h5ad", heldout, eval_data)
+            train_idx = np.flatnonzero(~heldout)
+            cache = harvest(lm, dataset.examples(lm.tokenizer, train_idx),
+                            HarvestConfig(hookpoints=hookpoints, store_dtype="float32"),
+                            cache_dir, progress=progress, cancel=cancel,
+                            total_examples=len(train_idx),
+                            meta={"data": str(eval_data), "units": dataset.genes,
+                                  "records": "training cells of cells.h5ad"})
+        records = np.unique(cache.sources()["record"].to_numpy())
+        data = {
+            "cells": int(len(records)), "tokens": int(cache.num_tokens),
+            "heldout_cells": int(heldout[records].sum()),
+            "note": "activations the dictionaries were trained on: every token of the training "
+                    "cells' prompts; the spliced evaluation reads held-out cells"}
         for name, spec in runs.items():
             out = ws / "dictionaries" / name
-            tc = TrainConfig(out=str(out), model=str(ws / "model"), cache=cache_dir,
+            tc = TrainConfig(out=str(out), model=str(ws / "model"), cache=str(cache_dir),
                              activation="topk", latents=cfg.dict_latents, k=cfg.dict_k,
                              tokens=cfg.dict_tokens, batch_size=cfg.dict_batch_size,
                              warmup_steps=max(1, cfg.dict_tokens // cfg.dict_batch_size // 10),
@@ -196,7 +251,26 @@ def _build_dictionaries(cfg, ws: Path, progress, cancel) -> dict:
                 paths.append(Path(folder).relative_to(ws).as_posix())
                 summary = json.loads((Path(folder) / "cfg.json").read_text()).get("training", {})
                 report[hookpoint] = {k: v for k, v in summary.items() if k != "config"}
-    return {"paths": paths, "report": report}
+    return {"paths": paths, "report": report, "data": data}
+
+
+def _write_subset(h5ad: Path, mask: np.ndarray, dest: Path) -> None:
+    import anndata as ad
+
+    ad.read_h5ad(h5ad)[mask].copy().write_h5ad(dest)
+
+
+def build_analysis(cfg: DemoBuildConfig, ws: Path, progress=None, cancel=None) -> dict:
+    """`cache/features/`: the SAE's feature analysis of every cell, under its content hash."""
+    from .features import CACHE_DIR, analyse, save_cache
+    from .workspace import read_workspace
+
+    files = read_workspace(ws)
+    with tempfile.TemporaryDirectory(prefix="biollm-demo-features-") as tmp, \
+            deterministic(cfg.seed, cfg.threads):
+        result = analyse(files, Path(tmp), use_cache=False, progress=progress, cancel=cancel)
+        save_cache(ws, result)
+    return {"cache": CACHE_DIR.as_posix(), "sha256": result.key}
 
 
 def _relative_paths(folder: Path, ws: Path) -> None:

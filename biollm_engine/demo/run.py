@@ -5,7 +5,9 @@ with every feature's per-cell activation), `circuits/<cell type>.json` (one attr
 per cell type, circuit-tracer format), `figures/` (PNG and SVG: UMAP by cell type and by one
 feature, the feature × cell-type heatmap, one circuit drawing) and `summary.json` (for each cell
 type: its most specific features with their top genes, and its circuit's most influential
-genes).
+genes). The feature analysis comes from the workspace's cache when its content hash matches
+(`demo.features`); torch runs on one thread (on a shared 2-core machine two threads made the
+circuits 6x slower).
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ import numpy as np
 from ..errors import BioLLMError
 from ..fileio import read_json, write_json
 from ..progress import CancelToken, ProgressCallback
-from .build import DEFAULT_WORKSPACE
 from .data import LABEL_COLUMN, SPLIT_COLUMN
+from .workspace import DEFAULT_WORKSPACE, read_workspace
 
 
 @dataclass
@@ -37,6 +39,13 @@ class DemoRunConfig:
         "help": "feature nodes per circuit, most influential first"})
     node_threshold: float = field(default=0.8, metadata={
         "help": "circuits keep the nodes holding this share of influence"})
+    cache: bool = field(default=True, metadata={
+        "help": "reuse the workspace's cached feature analysis when the hash of the model, SAE, "
+                "cells, options and analysis code matches (otherwise it is computed)"})
+    save_cache: bool = field(default=False, metadata={
+        "help": "store this run's feature analysis in the workspace's cache for later runs"})
+    threads: int = field(default=1, metadata={
+        "help": "torch CPU threads (a small model on a shared machine runs fastest on one)"})
     device: str = field(default="cpu", metadata={"help": "cpu, cuda, mps or auto"})
 
 
@@ -44,44 +53,37 @@ def slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_") or "cells"
 
 
-def _workspace(folder: Path) -> dict:
-    ws = read_json(folder / "workspace.json", "demo workspace file")
-    demo = read_json(folder / "demo.json", "demo report")
-    sae = [d for d in ws.get("dictionaries", []) if d.startswith("dictionaries/sae/")]
-    if not sae or not (folder / "dictionaries" / "transcoders").is_dir():
-        raise BioLLMError(f"{folder} has no SAE or transcoders; rebuild it with "
-                          "`biollm demo build`.")
-    return {"model": folder / ws["model"], "data": folder / ws["data"][0],
-            "sae": folder / sae[0], "transcoders": folder / "dictionaries" / "transcoders",
-            "top_k": int(ws["settings"]["cell_sentence"]["top_k"]), "demo": demo}
-
-
 def run(cfg: DemoRunConfig, progress: ProgressCallback | None = None,
         cancel: CancelToken | None = None) -> list[Path]:
     """Run features, write-back, circuits and figures; return the files written."""
-    import anndata as ad
+    from .model import deterministic
 
-    from ..analysis.pipeline import FeaturesConfig, run_features
-    from . import figures
-
-    ws = _workspace(Path(cfg.workspace))
+    ws = read_workspace(cfg.workspace)
+    ws["demo"] = read_json(Path(cfg.workspace) / "demo.json", "demo report")
     out = Path(cfg.out)
     if out.resolve() == Path(cfg.workspace).resolve():
         raise BioLLMError("--out is the demo workspace itself; choose another folder.")
-    figs = out / "figures"
-    written: list[Path] = []
+    if cfg.threads < 1:
+        raise BioLLMError("--threads must be at least 1.")
+    with deterministic(0, cfg.threads):
+        return _run(cfg, ws, out, progress, cancel)
 
-    analysis = run_features(FeaturesConfig(
-        model=str(ws["model"]), data=str(ws["data"]), dict=str(ws["sae"]),
-        out=str(out / "features.csv"), obs_key=[LABEL_COLUMN],
-        write_h5ad=str(out / "cells_features.h5ad"), top_k=ws["top_k"], device=cfg.device),
-        progress=progress, cancel=cancel)
-    written += [out / "features.csv", out / "cells_features.h5ad"]
+
+def _run(cfg: DemoRunConfig, ws: dict, out: Path, progress, cancel) -> list[Path]:
+    import anndata as ad
+
+    from . import figures
+    from .features import analyse, save_cache
+
+    figs = out / "figures"
+    analysis = analyse(ws, out, cfg.device, cfg.cache, progress, cancel)
+    if cfg.save_cache and not analysis.cached:
+        save_cache(ws["folder"], analysis)
+    written: list[Path] = [out / "features.csv", out / "cells_features.h5ad"]
     table = analysis.table.df
     cells = ad.read_h5ad(ws["data"])
     labels = list(cells.obs[LABEL_COLUMN].cat.categories)
-    cell_max = analysis.stats.cell_max
-    cell_max = cell_max.toarray() if hasattr(cell_max, "toarray") else np.asarray(cell_max)
+    cell_max = analysis.cell_max.toarray()
 
     best = _specific_features(table, labels, cfg.features_per_type)
     feature = cfg.feature if cfg.feature is not None else int(
@@ -120,6 +122,7 @@ def run(cfg: DemoRunConfig, progress: ProgressCallback | None = None,
     summary = {
         "heldout_accuracy": ws["demo"]["model"]["heldout_accuracy"],
         "majority_rate": ws["demo"]["model"]["majority_rate"], "umap_feature": feature,
+        "feature_analysis": {"sha256": analysis.key, "from_cache": analysis.cached},
         "cell_types": {
             label: {"features": [_feature_summary(table, f) for f in best[label]],
                     "circuit": circuits[label]}
