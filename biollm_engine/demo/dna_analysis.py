@@ -3,8 +3,10 @@ held-out loci, then tracks, logos and a figure for the best feature of each type
 
 Writes into `out_dir` (default docs/figures): `dna_enrichment.csv` (per annotation type the best
 features by AUROC, beside the AUROC of the bases' own letters as a baseline),
-`dna_enrichment_all.csv` (every feature x type), `dna_tracks/` (`biollm tracks` on the held-out
-loci for the chosen features: bedGraphs, logos, features.csv, top_windows.csv, enrichment.csv)
+`dna_enrichment_all.csv` (every feature x type), `dna_probe.json` (a linear probe for the
+reading frame in the SAE's layer, against the letters alone), `dna_tracks/` (`biollm tracks` on
+the held-out loci for the chosen features: bedGraphs, logos, features.csv, top_windows.csv,
+enrichment.csv)
 and `dna_tracks.png` / `.svg` (one held-out window: genes and the chosen features' tracks, and a
 zoom to single bases at a gene start).
 """
@@ -16,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..fileio import atomic_path, read_json
+from ..fileio import atomic_path, read_json, write_json
 from ..progress import CancelToken, ProgressCallback
 from .dna import DEFAULT_DNA_DEMO
 from .dna_data import TYPES, base_labels, load_records
@@ -129,6 +131,64 @@ def feature_enrichment(demo_dir: str | Path = DEFAULT_DNA_DEMO,
     return features, table(base_values, list(letters), "baseline")
 
 
+def frame_probe(demo_dir: str | Path = DEFAULT_DNA_DEMO, min_context: int = 32,
+                probe_bases: int = 20_000, seed: int = 0) -> dict:
+    """Is the reading frame in the SAE's layer at all? A logistic-regression probe for the codon
+    position (1, 2, 3) of bases in + strand CDS, trained on the training windows and scored on
+    the held-out loci, against the same probe on the one-hot letters of the base and the six
+    before it (all the causal model could read locally). Bases with fewer than `min_context`
+    bases before them in their window are left out."""
+    from sklearn.linear_model import LogisticRegression
+
+    from ..harvest import kept_activations
+    from ..inputs.dna import DnaConfig, DnaDataset
+    from ..models import load_model
+
+    p = demo_paths(demo_dir)
+    lm = load_model(str(p["model"]), device="cpu")
+    hookpoint = p["report"]["sae"]["path"].rsplit("/", 1)[-1]
+    data = DnaDataset(p["sequences"], DnaConfig(window=p["window"], stride=p["window"],
+                                                tokenizer="byte"))
+    records = {r.name: r for r in load_records()}
+    table = data.windows_table()
+    rows = [TYPES.index(f"codon {k} +") for k in (1, 2, 3)]
+    labels = {n: base_labels(r)[rows] for n, r in records.items()}
+    out = {"train": ([], [], []), "heldout": ([], [], [])}
+    for acts, src, _ in kept_activations(lm, data.examples(), [hookpoint], batch_size=16):
+        names = table["name"].to_numpy()[src["record"].numpy()]
+        unit, position = src["unit"].numpy(), src["position"].numpy()
+        x = acts[hookpoint].float().numpy()
+        for i in np.flatnonzero(position >= min_context):
+            r = records[names[i]]
+            y = labels[r.name][:, unit[i]]
+            if y.any():
+                split = out["heldout" if r.heldout else "train"]
+                split[0].append(x[i])
+                split[1].append(r.seq[unit[i] - 6:unit[i] + 1])
+                split[2].append(int(np.argmax(y)))
+
+    def onehot(kmers):
+        code = np.frombuffer("".join(kmers).encode(), np.uint8).reshape(len(kmers), -1)
+        return np.concatenate([code == ord(b) for b in "ACGT"], axis=1).astype(np.float32)
+
+    result = {"layer": hookpoint, "classes": ["codon 1", "codon 2", "codon 3"],
+              "train_bases": len(out["train"][2]), "heldout_bases": len(out["heldout"][2])}
+    y_train, y_test = np.array(out["train"][2]), np.array(out["heldout"][2])
+    result["chance"] = float(np.bincount(y_test).max() / len(y_test))
+    # a seeded subsample of the training bases, standardised: the fit takes seconds, not minutes
+    pick = np.random.default_rng(seed).permutation(len(y_train))[:probe_bases]
+    result["probe_train_bases"] = len(pick)
+    for name, x_train, x_test in (
+            ("residual", np.stack(out["train"][0]), np.stack(out["heldout"][0])),
+            ("letters -6..0", onehot(out["train"][1]), onehot(out["heldout"][1]))):
+        x_train = x_train[pick]
+        mean, std = x_train.mean(axis=0), x_train.std(axis=0) + 1e-6
+        clf = LogisticRegression(max_iter=300, random_state=seed)
+        clf.fit((x_train - mean) / std, y_train[pick])
+        result[f"accuracy {name}"] = float(clf.score((x_test - mean) / std, y_test))
+    return result
+
+
 def best_features(table: pd.DataFrame, baselines: pd.DataFrame, per_type: int = 3
                   ) -> pd.DataFrame:
     """The `per_type` features with the highest AUROC for each annotation type, with the
@@ -171,6 +231,9 @@ def run_dna_analysis(demo_dir: str | Path = DEFAULT_DNA_DEMO, out_dir: str | Pat
         annotations=str(p["annotations"]), window=p["window"], stride=p["window"] // 2,
         tokenizer="model", batch_size=16, device="cpu"), progress=progress, cancel=cancel)
     written += result.bedgraphs
+    probe = out / "dna_probe.json"
+    write_json(probe, frame_probe(demo_dir))
+    written.append(probe)
     written += track_figure(result, best, load_records(), out / "dna_tracks")
     return written
 
