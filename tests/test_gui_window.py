@@ -226,3 +226,44 @@ def test_closing_during_a_job_asks_then_cancels_or_waits(qtbot, tmp_path, monkey
     answer[0] = QMessageBox.StandardButton.Yes
     assert w.close()  # "Yes": the job is cancelled, then the window closes
     assert job.status == "cancelled" and not w.isVisible()
+
+
+def test_cells_without_a_2d_embedding_get_a_umap_from_a_worker(qtbot, window, pbmc, tmp_path,
+                                                               monkeypatch):
+    import threading
+
+    import anndata as ad
+    from sklearn.neighbors import NearestNeighbors
+
+    from workbench.state import expression
+
+    a = pbmc.copy()
+    del a.obsm["X_umap"]
+    path = tmp_path / "no_umap.h5ad"
+    a.write_h5ad(path)
+    threads = []
+    real = expression.compute_umap
+
+    def recorded(adata):
+        threads.append(threading.current_thread())
+        return real(adata)
+
+    monkeypatch.setattr(expression, "compute_umap", recorded)
+    load(qtbot, window, path, 700)
+    cells = window.session.cells
+    assert cells.obsm_key == "X_pca"  # the first two components while the UMAP is computed
+    assert not window.data_panel.umap_button.isHidden()
+    job = window.session.jobs.jobs[-1]
+    assert job.name == "UMAP of no_umap.h5ad"
+    qtbot.waitUntil(lambda: cells.obsm_key == "X_umap", timeout=180_000)
+    assert job.error == "" and threads and threads[0] is not threading.main_thread()
+    xy = cells.coords
+    assert xy.shape == (700, 2) and np.isfinite(xy).all()
+    assert window.data_panel.umap_button.isHidden()
+    # neighbours on the new UMAP share their cell type far more often than chance
+    types = a.obs["bulk_labels"].to_numpy()
+    _, nn = NearestNeighbors(n_neighbors=11).fit(xy).kneighbors(xy)
+    same = (types[nn[:, 1:]] == types[:, None]).mean()
+    chance = (a.obs["bulk_labels"].value_counts(normalize=True) ** 2).sum()
+    assert same > 2 * chance
+    assert "X_umap" not in ad.read_h5ad(path).obsm  # the user's file is left as it was

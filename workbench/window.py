@@ -332,17 +332,19 @@ class MainWindow(QMainWindow):
         c = self.session.cells
         log.info("%s: %d cells, embedding %s", c.path.name if c.path else "cells", c.n_cells,
                  c.obsm_key or "none")
-        if c.adata is not None and c.obsm_key is None:
+        if c.adata is not None and not c.has_2d_embedding():
+            log.info("no 2-D embedding in obsm: computing a UMAP (shown when done)")
             self.compute_umap()
 
-    def compute_umap(self) -> None:
+    def compute_umap(self):
+        """UMAP of the open cells with scanpy, in a worker; returns the job."""
         from .state.expression import compute_umap
         from .state.jobs import DONE
 
         c = self.session.cells
         adata = c.adata
         if adata is None:
-            return
+            return None
         job = self.runner.submit(f"UMAP of {c.path.name if c.path else 'cells'}",
                                  lambda progress, cancel: compute_umap(adata))
 
@@ -354,6 +356,7 @@ class MainWindow(QMainWindow):
 
         job.finished.connect(done)
         self.docks["Jobs"].raise_()
+        return job
 
     def open_workspace(self, folder: str | Path) -> None:
         try:

@@ -74,6 +74,12 @@ class CellsState:
         usable = [k for k, s in shapes.items() if len(s) == 2 and s[1] >= 2]
         return sorted(usable, key=lambda k: (shapes[k][1] != 2, k != UMAP_KEY, k))
 
+    def has_2d_embedding(self) -> bool:
+        """Whether obsm holds an embedding made for looking at (exactly two columns); without
+        one a UMAP is computed, and the first two columns of a wider one are shown meanwhile."""
+        return self.adata is not None and any(
+            len(np.shape(v)) == 2 and np.shape(v)[1] == 2 for v in self.adata.obsm.values())
+
     def set_embedding(self, key: str) -> None:
         if key not in self.embedding_keys():
             raise BioLLMError(f"obsm['{key}'] is not a 2-D embedding of these cells; choose one "

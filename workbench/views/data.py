@@ -72,7 +72,7 @@ class DataPanel(QWidget):
         self.summary.setText(f"<b>{Path(s['path']).name or 'cells'}</b><br>{s['n_cells']:,} cells "
                              f"× {s['n_genes']:,} genes ({s['matrix']})<br>obs: {obs}")
         _fill(self.embedding, c.embedding_keys(), c.obsm_key)
-        self.umap_button.setVisible(c.obsm_key is None)
+        self.umap_button.setVisible(not c.has_2d_embedding())
         self._fill_colour()
         _fill(self.type_key, c.categorical_columns(), c.type_key)
         self._on_selection()
