@@ -115,3 +115,32 @@ def test_bad_feature_list_is_reported(panel):
     assert panel.compute() is None
     assert "comma-separated" in panel.status.text()
     panel.features.setText("")
+
+
+def test_drop_genbank_shows_its_own_features(panel, tmp_path):
+    """Runs last: it replaces the shown file. A dropped GenBank record brings its CDS as the
+    annotation track; a dropped file that is not a sequence is reported, nothing shown changes."""
+    from Bio.Seq import Seq
+    from Bio.SeqFeature import FeatureLocation, SeqFeature
+    from Bio.SeqIO import write
+    from Bio.SeqRecord import SeqRecord
+    from PySide6.QtCore import QMimeData, QUrl
+
+    from biollm_engine.demo.dna_data import load_records
+
+    r = next(x for x in load_records() if x.heldout)
+    rec = SeqRecord(Seq(r.seq[:2000]), id="piece", name="piece",
+                    annotations={"molecule_type": "DNA"},
+                    features=[SeqFeature(FeatureLocation(c.start, min(c.end, 2000), c.strand),
+                                         type="CDS") for c in r.cds if c.start < 2000])
+    write([rec], str(tmp_path / "piece.gb"), "genbank")
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(str(tmp_path / "piece.gb"))])
+    panel.handle_drop(mime)
+    wait_for(panel.job)
+    assert panel.seq == r.seq[:2000] and panel.tracks.values.shape[1] == 2000
+    assert set(panel.annotations["type"]) == {"CDS"}
+    (tmp_path / "notes.txt").write_text("not a sequence\n")
+    mime.setUrls([QUrl.fromLocalFile(str(tmp_path / "notes.txt"))])
+    panel.handle_drop(mime)
+    assert "neither FASTA" in panel.status.text() and panel.seq == r.seq[:2000]

@@ -330,10 +330,15 @@ class TracksPanel(QWidget):
             event.acceptProposedAction()
 
     def dropEvent(self, event) -> None:
-        for url in event.mimeData().urls():
+        self.handle_drop(event.mimeData())
+        event.acceptProposedAction()
+
+    def handle_drop(self, mime) -> None:
+        """Open dropped FASTA / GenBank files (the last one stays shown); errors go to the
+        status line."""
+        for url in mime.urls():
             if url.isLocalFile():
                 self._guard(lambda p=url.toLocalFile(): self.open_sequence(p))
-        event.acceptProposedAction()
 
     def table(self):
         """Per-base values of the shown record: position (0-based), base, one column per
