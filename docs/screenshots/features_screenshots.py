@@ -26,7 +26,8 @@ def main() -> None:
     wait(app, 20, lambda: panel.detail.feature == j)
     cells = w.session.cells
     cells.set_current(int(r.top_cells[j][0]))
-    wait(app, 3)
+    wait(app, 60, lambda: bool(cells.gene_values))  # the cell's own activations, from a job
+    wait(app, 1)
     w.grab().save(str(HERE / "features_detail.png"))
     panel.tabs.setCurrentWidget(panel.heatmap)
     wait(app, 2)

@@ -48,8 +48,8 @@ class FeatureDetail(QWidget):
         self.title.setWordWrap(True)
         self.hist = _plot("Activation histogram (tokens that fire)")
         self.hist.setLabel("bottom", "activation (log₂ bin)")
-        self.genes = _plot("Top genes: firing rate on the gene vs. all genes (red)")
-        self.types = _plot("Mean activation per cell type")
+        self.genes = _plot("Top genes: firing rate (red: all genes)")
+        self.types = _plot("Mean per cell type")
         self.top_cells = QListWidget()
         self.top_cells.setToolTip("Click a cell to select it on the embedding")
         self.top_cells.itemClicked.connect(self._cell_clicked)
@@ -133,8 +133,15 @@ class FeatureDetail(QWidget):
             self.lens.setText("")
             return
 
+        def word(t) -> str:
+            t = str(t)
+            # punctuation and tokens with their leading space quoted: "," and " in" would
+            # vanish in the list
+            plain = t == t.strip() and any(c.isalnum() for c in t)
+            return html.escape(t if plain else f"“{t}”")
+
         def words(tokens, scores):
-            return ", ".join(f"{html.escape(str(t))} ({s:+.2f})" for t, s in zip(tokens, scores))
+            return ", ".join(f"{word(t)} ({s:+.2f})" for t, s in zip(tokens, scores))
 
         best = r.table.iloc[j]
         extra = "".join(f" · best {k.split('_', 1)[1].replace('_', ' ')}: "

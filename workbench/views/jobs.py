@@ -6,7 +6,7 @@ from PySide6.QtCore import Qt, QTimer
 from PySide6.QtWidgets import (QHeaderView, QLabel, QProgressBar, QSplitter, QTableWidget,
                                QTableWidgetItem, QToolButton, QVBoxLayout, QWidget)
 
-from ..state.jobs import Job, JobList
+from ..state.jobs import DONE, Job, JobList
 from .icons import icon
 
 METRICS = ("loss", "fvu", "l0", "dead_frac")
@@ -129,6 +129,8 @@ class JobsPanel(QWidget):
             bar.setMaximum(0)  # unknown total: a busy bar
         if not job.active:
             bar.setMaximum(1000)
+            if job.status == DONE:
+                bar.setValue(1000)
         self.table.item(r, 2).setText(eta_text(p.eta_s) if p is not None and job.active else "")
         status = job.status + (": cancelling…" if job.active and job.cancel_token.cancelled
                                else "") + (f": {job.error}" if job.error else "")
@@ -147,6 +149,8 @@ class JobsPanel(QWidget):
     def _draw(self, job: Job | None) -> None:
         if job is None and not self.curves:
             return
+        # only jobs that report metrics (training) get the plots; the others the room
+        self.plots.setVisible(bool(job is not None and job.history))
         for name, curve in self.curves.items():
             steps, values = job.history.get(name, ([], [])) if job else ([], [])
             curve.setData(steps, values)
