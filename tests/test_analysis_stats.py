@@ -116,9 +116,11 @@ def test_tokens_out_of_record_order_equal_dense_computation():
     check_equal(res, dense_reference(dense, src, 20, 9), dense)
 
 
-def test_gene_sums_in_many_batches_on_a_second_thread_equal_dense_computation(monkeypatch):
-    # per-gene sums are reduced in batches (here of a few dozen non-zeros) on a second thread
-    # and combined as they grow; accumulators merged part-way keep their batches too
+def test_gene_rows_on_a_second_thread_in_many_batches_equal_dense_computation(monkeypatch):
+    # per-cell and per-gene work runs on a second thread (here for every chunk), per-gene sums
+    # in batches (here of a few dozen non-zeros) combined as they grow; accumulators merged
+    # part-way keep their batches too
+    monkeypatch.setattr(stats_module.FeatureStats, "THREAD_NNZ", 0)
     monkeypatch.setattr(stats_module._UnitSums, "BATCH", 40)
     rng = np.random.default_rng(11)
     dense, src = make_tokens(rng, n_cells=40, density=0.5)

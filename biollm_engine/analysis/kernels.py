@@ -3,7 +3,7 @@
 Each is a single pass over a chunk's non-zeros with cache-resident buffers: numpy's vectorised
 equivalents need several passes, sorts of combined int64 keys, or scatters into large tables,
 and ran at a fifth of the speed of reading the activation cache. All release the GIL, so the
-per-gene reduction runs on a second thread beside the per-token pass.
+per-cell and per-gene work runs on a second thread beside the per-feature pass.
 """
 
 from __future__ import annotations
@@ -94,20 +94,11 @@ def _emit_cell(cell, cnt, touched, cmax, csum, out_row, out_len, out_cols, out_m
 
 
 @njit(cache=True, nogil=True)
-def chunk_pass(hist, act_sum, act_max, top_v, top_i, indptr, cols, vals, bits, start, record,
-               unit, cell, cnt, touched, cmax, csum, out_row, out_len, out_cols, out_max,
-               out_mean):  # pragma: no cover - compiled
-    """One pass over a CSR chunk for the per-feature statistics and the per-cell reduction.
-
-    Per feature: histogram counts `hist[bin, feature]` (bin from the float32 exponent:
-    searchsorted(stats.HIST_EDGES, v, 'right'); bins as rows keep the few hot ones in cache),
-    float64 sums, max, top lists (ids = row + start). Per cell, over rows with
-    unit >= 0: each column's max and sum in dense buffers (`cnt` zero, `cmax` -inf, `csum` zero
-    where untouched); `cell` = (record, touched columns, gene tokens) of the cell held there,
-    which goes on in the next chunk. A cell is written out when a gene row of another record
-    arrives: `out_row[n] = (record, gene tokens)`, and its `out_len[n]` columns in order with
-    max and mean. Returns (cells written, entries written).
-    """
+def feature_pass(hist, act_sum, act_max, top_v, top_i, indptr, cols, vals, bits, start
+                 ):  # pragma: no cover - compiled
+    """Per-feature statistics of a CSR chunk in one pass: histogram counts `hist[bin, feature]`
+    (bin from the float32 exponent: searchsorted(stats.HIST_EDGES, v, 'right'); bins as rows
+    keep the few hot ones in cache), float64 sums, max, top lists (ids = row + start)."""
     nb = hist.shape[0]
     K = top_v.shape[1]
     F = act_sum.shape[0]
@@ -117,10 +108,8 @@ def chunk_pass(hist, act_sum, act_max, top_v, top_i, indptr, cols, vals, bits, s
         for f in range(F):
             if top_i[f, K - 1] >= 0:
                 thr[f] = top_v[f, K - 1]
-    n, m = 0, 0
     for r in range(len(indptr) - 1):
-        lo, hi = indptr[r], indptr[r + 1]
-        for j in range(lo, hi):
+        for j in range(indptr[r], indptr[r + 1]):
             f, v = cols[j], vals[j]
             b = ((bits[j] >> 23) - 127) + 11
             hist[min(max(b, 0), nb - 1), f] += 1
@@ -130,6 +119,21 @@ def chunk_pass(hist, act_sum, act_max, top_v, top_i, indptr, cols, vals, bits, s
                 _insert(top_v, top_i, f, v, r + start)
                 if top_i[f, K - 1] >= 0:
                     thr[f] = top_v[f, K - 1]
+
+
+@njit(cache=True, nogil=True)
+def cell_pass(indptr, cols, vals, record, unit, cell, cnt, touched, cmax, csum, out_row, out_len,
+              out_cols, out_max, out_mean):  # pragma: no cover - compiled
+    """Per-cell max and mean of a CSR chunk over its rows with unit >= 0.
+
+    Each column's max and sum go to dense buffers (`cnt` zero, `cmax` -inf, `csum` zero where
+    untouched); `cell` = (record, touched columns, gene tokens) of the cell held there, which
+    goes on in the next chunk. A cell is written out when a gene row of another record arrives:
+    `out_row[n] = (record, gene tokens)`, and its `out_len[n]` columns in order with max and
+    mean. Returns (cells written, entries written).
+    """
+    n, m = 0, 0
+    for r in range(len(indptr) - 1):
         if unit[r] >= 0:
             if record[r] != cell[0]:
                 if cell[0] >= 0:
@@ -138,7 +142,7 @@ def chunk_pass(hist, act_sum, act_max, top_v, top_i, indptr, cols, vals, bits, s
                 cell[0] = record[r]
             cell[2] += 1
             t = cell[1]
-            for j in range(lo, hi):
+            for j in range(indptr[r], indptr[r + 1]):
                 t = _add_to_buffers(cnt, cmax, csum, touched, t, cols[j], vals[j], vals[j], 1)
             cell[1] = t
     return n, m
@@ -147,7 +151,7 @@ def chunk_pass(hist, act_sum, act_max, top_v, top_i, indptr, cols, vals, bits, s
 @njit(cache=True, nogil=True)
 def cell_flush(cell, cnt, touched, cmax, csum, out_row, out_len, out_cols, out_max, out_mean
                ):  # pragma: no cover - compiled
-    """Write out the held cell, if any (see `chunk_pass`)."""
+    """Write out the held cell, if any (see `cell_pass`)."""
     if cell[0] < 0:
         return 0, 0
     return _emit_cell(cell, cnt, touched, cmax, csum, out_row, out_len, out_cols, out_max,

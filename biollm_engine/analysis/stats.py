@@ -19,13 +19,13 @@ import numpy as np
 import scipy.sparse as sp
 
 from .chunks import EncodedChunk
-from .kernels import cell_flush, chunk_pass, group_count, group_scatter, merge_parts
+from .kernels import cell_flush, cell_pass, feature_pass, group_count, group_scatter, merge_parts
 from .topk import TopK, grouped_topk
 
 # Fixed log-spaced activation bins, one per octave over [2^-10, 2^10) (about 1e-3 to 1e3), plus
 # one below and one above: bin 0 is (0, 2^-10) (and negatives), bin b is
 # [HIST_EDGES[b-1], HIST_EDGES[b]), the last >= 2^10. Powers of two make the bin of a float32
-# its exponent, read from its bits (kernels.chunk_pass): exact, and no search.
+# its exponent, read from its bits (kernels.feature_pass): exact, and no search.
 HIST_EDGES = 2.0 ** np.arange(-10, 11)
 NUM_BINS = len(HIST_EDGES) + 1
 
@@ -65,11 +65,14 @@ def _counts_add(counts: np.ndarray, idx: np.ndarray) -> np.ndarray:
     return counts
 
 
-def _grown(a: np.ndarray, used: int, need: int) -> np.ndarray:
-    """`a`, or a copy of its first `used` rows with room for at least `need` rows."""
+def _grown(a: np.ndarray, used: int, need: int, ahead: int = 8) -> np.ndarray:
+    """`a`, or a copy of its first `used` rows with room for at least `need` rows: `ahead`
+    times that when `a` is empty (untouched room costs address space, not memory), twice its
+    length after, so that rows are copied O(1) times."""
     if len(a) >= need:
         return a
-    out = np.empty((max(need, 2 * len(a)),) + a.shape[1:], a.dtype)
+    out = np.empty((max(need * (ahead if len(a) == 0 else 1), 2 * len(a)),) + a.shape[1:],
+                   a.dtype)
     out[:used] = a[:used]
     return out
 
@@ -82,7 +85,7 @@ def _appended(a: np.ndarray, used: int, more: np.ndarray) -> np.ndarray:
 
 class _Cells:
     """Per-cell max and mean over gene tokens, as CSR rows appended in place: `kernels.
-    chunk_pass` writes each cell when the next begins; the cell a chunk cuts stays in the dense
+    cell_pass` writes each cell when the next begins; the cell a chunk cuts stays in the dense
     buffers. Rows are (record, gene tokens) with a length; entries are column, max, mean."""
 
     def __init__(self, num_features: int):
@@ -165,20 +168,6 @@ class _Worker(threading.Thread):
         return self.out
 
 
-def _reduce_units(raw: list[tuple[np.ndarray, ...]], F: int, scratch: tuple[np.ndarray, ...],
-                  ordered: bool) -> tuple[np.ndarray, ...]:
-    """One CSR part [units, F] (indptr, cols, max, sum, count) of chunks' (unit, CSR rows)."""
-    start = np.zeros(max(int(u.max()) for u, *_ in raw) + 2, np.int64)
-    for unit, indptr, _, _ in raw:
-        group_count(unit, indptr, start)
-    np.cumsum(start, out=start)
-    fill = start[:-1].copy()
-    bcols, bvals = scratch
-    for unit, indptr, cols, vals in raw:
-        group_scatter(unit, indptr, cols, vals, fill, bcols, bvals)
-    return merge_parts(start[None], bcols, bvals, bvals, np.zeros(0, np.int64), F, ordered)
-
-
 def _merge_units(parts: list[tuple[np.ndarray, ...]], F: int, ordered: bool = False
                  ) -> tuple[np.ndarray, ...]:
     """One CSR part (indptr, cols, max, sum, count) from several (of any number of rows)."""
@@ -192,60 +181,55 @@ def _merge_units(parts: list[tuple[np.ndarray, ...]], F: int, ordered: bool = Fa
 class _UnitSums:
     """Running per-unit (gene) activation sums and fire counts, as CSR parts [units, F].
 
-    A gene's tokens are scattered over the data set, so chunks are buffered and reduced in
-    batches, on a second thread while the next chunks go through the per-token pass; the parts
-    are combined when they outgrow the combined one, so each entry is combined O(1) times.
-    Columns are sorted once, at the end, with the last batch (which is held back until then).
+    A gene's tokens are scattered over the data set: each chunk's rows are counting-sorted by
+    unit into a batch buffer as they come, and a full batch is reduced to one part; parts are
+    combined when they outgrow the combined one, so each entry is combined O(1) times. Columns
+    are sorted once, at the end, with the last batch (held until then).
     """
 
     BATCH = 1 << 22  # buffered non-zeros per reduction
 
     def __init__(self, num_features: int):
         self.F = num_features
-        self.raw: list[tuple[np.ndarray, ...]] = []
+        self.cols, self.vals = np.zeros(0, np.int32), np.zeros(0, np.float32)  # batch buffer
+        self.starts: list[np.ndarray] = []  # per chunk: where each unit's entries begin
         self.buffered = 0
         self.parts: list[tuple[np.ndarray, ...]] = []  # the first: the combined one
         self.ordered = False  # whether parts == [one part with sorted columns]
-        self.pending: _Worker | None = None
-        self.scratch = (np.zeros(0, np.int32), np.zeros(0, np.float32))
 
     def add(self, unit: np.ndarray, indptr: np.ndarray, cols: np.ndarray, vals: np.ndarray
             ) -> None:
         """CSR rows with their unit (-1: left out)."""
-        if self.buffered + len(cols) > self.BATCH:
-            self._flush()
-        self.raw.append((unit, indptr, cols, vals))
-        self.buffered += len(cols)
+        if self.buffered and self.buffered + len(cols) > self.BATCH:
+            self._reduce()
+        start = np.zeros(int(unit.max()) + 2, np.int64)
+        group_count(unit, indptr, start)
+        np.cumsum(start, out=start)
+        start += self.buffered
+        ahead = max(self.BATCH // max(int(start[-1]), 1), 1)  # a batch's room from the start
+        self.cols = _grown(self.cols, self.buffered, start[-1], ahead)
+        self.vals = _grown(self.vals, self.buffered, start[-1], ahead)
+        group_scatter(unit, indptr, cols, vals, start[:-1].copy(), self.cols, self.vals)
+        self.starts.append(start)
+        self.buffered = int(start[-1])
 
-    def _flush(self, last: bool = False) -> None:
-        """Reduce the buffered chunks (on the second thread unless `last`)."""
-        self._collect()
-        if self.raw:
-            # one batch in flight at a time, so one scratch serves them all
-            if len(self.scratch[0]) < self.buffered:
-                self.scratch = (np.empty(self.buffered, np.int32),
-                                np.empty(self.buffered, np.float32))
-            args = (self.raw, self.parts, last and not self.parts)
-            self.raw, self.buffered = [], 0
-            if last:
-                self.parts, self.ordered = self._batch(*args)
-            else:
-                self.pending = _Worker(self._batch, *args)
-
-    def _batch(self, raw, parts, ordered: bool) -> tuple[list[tuple[np.ndarray, ...]], bool]:
-        parts = parts + [_reduce_units(raw, self.F, self.scratch, ordered)]
-        if sum(len(p[1]) for p in parts[1:]) >= len(parts[0][1]):
-            parts = [_merge_units(parts, self.F)]
-        return parts, ordered
-
-    def _collect(self) -> None:
-        if self.pending is not None:
-            self.parts, self.ordered = self.pending.result()
-            self.pending = None
+    def _reduce(self, ordered: bool = False) -> None:
+        """The buffered batch to a part."""
+        if not self.starts:
+            return
+        G = max(len(s) for s in self.starts)
+        starts = np.stack([np.pad(s, (0, G - len(s)), mode="edge") for s in self.starts])
+        self.starts, self.buffered = [], 0
+        part = merge_parts(starts, self.cols, self.vals, self.vals, np.zeros(0, np.int64), self.F,
+                           ordered and not self.parts)
+        self.parts.append(part)
+        self.ordered = len(self.parts) == 1 and ordered
+        if sum(len(p[1]) for p in self.parts[1:]) >= len(self.parts[0][1]):
+            self.parts = [_merge_units(self.parts, self.F)]
 
     def result(self, n_units: int) -> tuple[sp.csr_matrix, sp.csr_matrix]:
         """(sum, fire count) [n_units, F]."""
-        self._flush(last=True)
+        self._reduce(ordered=True)
         if not self.parts:
             empty = sp.csr_matrix((n_units, self.F))
             return empty, empty.astype(np.int64)
@@ -258,8 +242,8 @@ class _UnitSums:
                 sp.csr_matrix((count, cols.copy(), indptr.copy()), shape=shape))
 
     def merge(self, other: "_UnitSums") -> None:
-        self._flush(last=True)
-        other._flush(last=True)
+        self._reduce()
+        other._reduce()
         if self.parts or other.parts:
             self.parts, self.ordered = [_merge_units(self.parts + other.parts, self.F)], False
 
@@ -310,6 +294,8 @@ class FeatureStatsResult:
 class FeatureStats:
     """The one-pass accumulator behind `FeatureStatsResult`."""
 
+    THREAD_NNZ = 1 << 16  # chunks with fewer non-zeros run on one thread (a thread costs ~0.1 ms)
+
     def __init__(self, num_features: int, cfg: StatsConfig | None = None):
         self.cfg = cfg or StatsConfig()
         self.num_features = num_features
@@ -329,10 +315,22 @@ class FeatureStats:
         self.num_tokens += acts.shape[0]
         # the kernels read scipy's arrays as they are: fresh copies cost page faults
         indptr, cols, vals = acts.indptr.astype(np.int64), acts.indices, acts.data
-        self.cells.keep(*chunk_pass(
-            self.hist, self.act_sum, self.act_max, self.top.values, self.top.ids, indptr, cols,
-            vals, vals.view(np.int32), chunk.start, src.record, src.unit,
-            *self.cells.buffers(len(src), len(cols))))
+        # per-cell and per-gene work touches other state than the per-feature pass, so a large
+        # chunk's goes to a second thread (the kernels release the GIL)
+        worker = _Worker(self._gene_rows, indptr, cols, vals, src) \
+            if len(cols) >= self.THREAD_NNZ else None
+        try:
+            feature_pass(self.hist, self.act_sum, self.act_max, self.top.values, self.top.ids,
+                         indptr, cols, vals, vals.view(np.int32), chunk.start)
+        finally:
+            if worker is not None:
+                worker.result()
+        if worker is None:
+            self._gene_rows(indptr, cols, vals, src)
+
+    def _gene_rows(self, indptr, cols, vals, src) -> None:
+        self.cells.keep(*cell_pass(indptr, cols, vals, src.record, src.unit,
+                                   *self.cells.buffers(len(src), len(cols))))
         if self.cfg.per_unit:
             on_unit = src.unit[src.unit >= 0]
             self.unit_tokens = _counts_add(self.unit_tokens, on_unit)
