@@ -12,9 +12,11 @@ Read and stats are timed side by side `--repeat` times (the machine is shared: t
 pair and their range are printed, with the load average).
 
     python bench/feature_stats.py [--tokens 131072] [--width 1024] [--latents 8192] [--k 32]
+                                  [--top 10] [--repeat 5]
 
 Defaults: Pythia-410m's width (C2S-Pythia), a 8x dictionary with k=32, 2,000 genes, cells of
-200 tokens. Encoding is the dictionary's dense matmul (compute-bound, see MEASURED.md) and is
+200 tokens, top lists of `biollm features`' default length (--top-n 10). Encoding is the
+dictionary's dense matmul (compute-bound, see MEASURED.md) and is
 reported apart; the claim measured is that the statistics keep up with reading.
 """
 
@@ -31,7 +33,8 @@ import torch
 
 from biollm_engine.analysis.chunks import EncodedChunk, TokenSources
 from biollm_engine.analysis.encode import encode_activations
-from biollm_engine.analysis.stats import FeatureStats
+from biollm_engine.analysis.pipeline import FeaturesConfig
+from biollm_engine.analysis.stats import FeatureStats, StatsConfig
 from biollm_engine.cache import ActivationCache, ShardWriter, new_index
 from biollm_engine.dictionaries.config import DictionaryConfig
 from biollm_engine.dictionaries.dictionary import Dictionary
@@ -67,6 +70,8 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=32)
     ap.add_argument("--genes", type=int, default=2000)
     ap.add_argument("--chunk", type=int, default=16_384)
+    top_n = FeaturesConfig.__dataclass_fields__["top_n"].default
+    ap.add_argument("--top", type=int, default=top_n, help="top tokens kept per feature")
     ap.add_argument("--repeat", type=int, default=5, help="read / stats pairs timed")
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -86,7 +91,8 @@ def main() -> None:
         # the compiled kernels load from numba's disk cache (or compile, the first time on a
         # machine) on first use: once per process, timed apart
         t = time.perf_counter()
-        warm = FeatureStats(args.latents)
+        cfg = StatsConfig(top_tokens=args.top)
+        warm = FeatureStats(args.latents, cfg)
         warm.update(EncodedChunk(chunks[0].acts[:256], chunks[0].sources[:256], 0))
         warm.result()
         t_warm = time.perf_counter() - t
@@ -98,14 +104,14 @@ def main() -> None:
             reads.append(time.perf_counter() - t)
             del raw
             t = time.perf_counter()
-            acc = FeatureStats(args.latents)
+            acc = FeatureStats(args.latents, cfg)
             for c in chunks:
                 acc.update(c)
             acc.result(num_cells=n_cells, num_units=args.genes)
             stats.append(time.perf_counter() - t)
     n = cache.num_tokens
     print(f"{n} tokens, width {args.width}, {args.latents} latents, k={args.k}, "
-          f"{args.genes} genes, chunks of {args.chunk}; load average "
+          f"{args.genes} genes, chunks of {args.chunk}, top {args.top}; load average "
           + " ".join(f"{x:.1f}" for x in os.getloadavg()))
     t_read, t_stats = float(np.median(reads)), float(np.median(stats))
     for name, s in (("read", t_read), ("encode", t_encode), ("stats", t_stats)):
@@ -116,7 +122,8 @@ def main() -> None:
     print("stats / read throughput per pair: " + " ".join(f"{x:.2f}" for x in ratios))
     print(f"stats / read throughput: {float(np.median(ratios)):.2f} "
           f"(range {ratios[0]:.2f}-{ratios[-1]:.2f})")
-    print(f"(read + encode + stats) / read throughput: {t_read / (t_read + t_encode + t_stats):.3f}")
+    print("(read + encode + stats) / read throughput: "
+          f"{t_read / (t_read + t_encode + t_stats):.3f}")
 
 
 if __name__ == "__main__":

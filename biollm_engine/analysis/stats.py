@@ -358,8 +358,8 @@ class FeatureStats:
         unit_sum, unit_fires = self.units.result(n_units)
         return FeatureStatsResult(
             self.num_tokens, self.hist.sum(axis=0), self.act_sum.copy(), self.act_max.copy(),
-            np.ascontiguousarray(self.hist.T), self.top.values.copy(), self.top.ids.copy(), cell_max, cell_mean,
-            cell_tokens, unit_sum, unit_fires, unit_tokens)
+            np.ascontiguousarray(self.hist.T), self.top.values.copy(), self.top.ids.copy(),
+            cell_max, cell_mean, cell_tokens, unit_sum, unit_fires, unit_tokens)
 
 
 def feature_stats(chunks, num_features: int, cfg: StatsConfig | None = None,
