@@ -306,6 +306,8 @@ def test_clicking_a_feature_node_opens_its_features_detail(qtbot, tmp_path):
     points = {int(p.data()): p for p in panel.items.nodes.points()}
     panel.items.nodes.sigClicked.emit(panel.items.nodes, [points[node]], None)
     features = w.features_panel
+    # the detail opens beside the circuit, not in a tab behind it
+    assert w.docks["Circuit"] not in w.tabifiedDockWidgets(w.docks["Features"])
     tc_path = str(st.engine.rm.transcoders[layer].path)
     assert features.dictionary.currentData() == str(Path(tc_path).resolve())
     wait_for(features.analysis_job, timeout=300)

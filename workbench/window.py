@@ -164,9 +164,14 @@ class MainWindow(QMainWindow):
         return self.docks[name]
 
     def show_dictionary_feature(self, path: str, feature: int):
-        """A feature clicked elsewhere (a circuit node) in the Features panel's detail."""
-        self.docks["Features"].show()
-        self.docks["Features"].raise_()
+        """A feature clicked elsewhere (a circuit node) in the Features panel's detail, beside
+        the circuit rather than in a tab behind it."""
+        features, circuit = self.docks["Features"], self.docks.get("Circuit")
+        if circuit is not None and circuit in self.tabifiedDockWidgets(features):
+            self.splitDockWidget(circuit, features, Qt.Orientation.Horizontal)
+            self.resizeDocks([features], [460], Qt.Orientation.Horizontal)
+        features.show()
+        features.raise_()
         return self.features_panel.show_dictionary_feature(path, feature)
 
     def ask_train(self) -> None:

@@ -32,18 +32,22 @@ def main() -> None:
     wait(app, 1.0)
     st = panel.state
     top = int(st.graph.adjacency[st.graph.logit_start, : st.graph.n_features].abs().argmax())
-    st.select_node(top)
+    for name in ("Jobs", "Log", "Data", "Model & dictionaries"):  # room for the circuit
+        w.docks[name].hide()
+    st.select_node(top)  # its transcoder is analysed (a job) and the feature shown beside
+    features = w.features_panel
+    wait(app, 600, lambda: features.analysis_job is None or not features.analysis_job.active)
     panel.edit_picked()
     job = panel.run_ablation_check()
     wait(app, 300, lambda: not job.active)
     panel.items.show_paths(top)
-    for name in ("Jobs", "Log"):  # room for the circuit; they come back for the next shot
-        w.docks[name].hide()
     wait(app, 0.5)
     panel.split.setSizes([540, 420])
     wait(app, 1.0)
     w.grab().save(str(HERE / "circuit.png"))
-    w.docks["Jobs"].show()
+    for name in ("Jobs", "Data", "Model & dictionaries"):
+        w.docks[name].show()
+    w.tabifyDockWidget(w.docks["Circuit"], w.docks["Features"])
 
     ev = w.open_panel("Evaluate").widget()
     ev.format.setCurrentText("choice")
