@@ -121,11 +121,10 @@ def test_gene_rows_on_a_second_thread_in_many_batches_equal_dense_computation(mo
     # in batches (here of a few dozen non-zeros) combined as they grow; accumulators merged
     # part-way keep their batches too
     monkeypatch.setattr(stats_module.FeatureStats, "THREAD_NNZ", 0)
-    monkeypatch.setattr(stats_module._UnitSums, "BATCH", 40)
     rng = np.random.default_rng(11)
     dense, src = make_tokens(rng, n_cells=40, density=0.5)
     ref = dense_reference(dense, src, 40, 9)
-    cfg = StatsConfig(top_tokens=3)
+    cfg = StatsConfig(top_tokens=3, gene_batch=40)
     check_equal(feature_stats(chunked(dense, src, 7), 7, cfg, num_cells=40, num_units=9), ref,
                 dense)
     chunks = list(chunked(dense, src, 5))
@@ -134,6 +133,25 @@ def test_gene_rows_on_a_second_thread_in_many_batches_equal_dense_computation(mo
         (a if i < len(chunks) // 2 else b).update(c)
     a.merge(b)
     check_equal(a.result(40, 9), ref, dense)
+
+
+def test_streaming_memory_is_the_output_plus_a_bounded_gene_batch():
+    # 300 cells streamed 50 tokens at a time with a gene batch of 200 non-zeros: the gene
+    # buffer stays within the batch (or one chunk), the per-cell matrices are CSR holding
+    # exactly the (cell, feature) pairs that fire, and the results equal the dense computation
+    rng = np.random.default_rng(2)
+    dense, src = make_tokens(rng, n_cells=300, n_features=16, density=0.1)
+    ref = dense_reference(dense, src, 300, 9)
+    acc = FeatureStats(16, StatsConfig(top_tokens=3, gene_batch=200))
+    largest = 0
+    for chunk in chunked(dense, src, 50):
+        acc.update(chunk)
+        largest = max(largest, chunk.acts.nnz)
+        assert acc.units.cols.nbytes + acc.units.vals.nbytes <= 8 * 2 * max(200, largest)
+    res = acc.result(300, 9)
+    check_equal(res, ref, dense)
+    for m, full in ((res.cell_max, ref["cell_max"]), (res.cell_mean, ref["cell_mean"])):
+        assert sp.isspmatrix_csr(m) and m.nnz == np.count_nonzero(full)
 
 
 def pairwise_auroc(scores, positive):

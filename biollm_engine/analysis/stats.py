@@ -35,6 +35,8 @@ class StatsConfig:
     top_tokens: int = field(default=20, metadata={"help": "top activating tokens kept per feature"})
     per_unit: bool = field(default=True, metadata={
         "help": "accumulate per-gene sums (cells); turn off for DNA, where units are bases"})
+    gene_batch: int = field(default=1 << 22, metadata={
+        "help": "gene-token non-zeros buffered per per-gene reduction (8 bytes each)"})
 
 
 def _reduce(keys, vmax, vsum):
@@ -187,10 +189,9 @@ class _UnitSums:
     are sorted once, at the end, with the last batch (held until then).
     """
 
-    BATCH = 1 << 22  # buffered non-zeros per reduction
-
-    def __init__(self, num_features: int):
+    def __init__(self, num_features: int, batch: int):
         self.F = num_features
+        self.batch = max(int(batch), 1)
         self.cols, self.vals = np.zeros(0, np.int32), np.zeros(0, np.float32)  # batch buffer
         self.starts: list[np.ndarray] = []  # per chunk: where each unit's entries begin
         self.buffered = 0
@@ -200,13 +201,13 @@ class _UnitSums:
     def add(self, unit: np.ndarray, indptr: np.ndarray, cols: np.ndarray, vals: np.ndarray
             ) -> None:
         """CSR rows with their unit (-1: left out)."""
-        if self.buffered and self.buffered + len(cols) > self.BATCH:
+        if self.buffered and self.buffered + len(cols) > self.batch:
             self._reduce()
         start = np.zeros(int(unit.max()) + 2, np.int64)
         group_count(unit, indptr, start)
         np.cumsum(start, out=start)
         start += self.buffered
-        ahead = max(self.BATCH // max(int(start[-1]), 1), 1)  # a batch's room from the start
+        ahead = min(max(self.batch // max(int(start[-1]), 1), 1), 8)  # room for the batch
         self.cols = _grown(self.cols, self.buffered, start[-1], ahead)
         self.vals = _grown(self.vals, self.buffered, start[-1], ahead)
         group_scatter(unit, indptr, cols, vals, start[:-1].copy(), self.cols, self.vals)
@@ -305,7 +306,7 @@ class FeatureStats:
         self.hist = np.zeros((NUM_BINS, num_features), np.int64)  # [bin, feature] (kernels)
         self.top = TopK(num_features, self.cfg.top_tokens)
         self.cells = _Cells(num_features)
-        self.units = _UnitSums(num_features)
+        self.units = _UnitSums(num_features, self.cfg.gene_batch)
         self.unit_tokens = np.zeros(0, np.int64)
 
     def update(self, chunk: EncodedChunk) -> None:
