@@ -52,7 +52,8 @@ class DnaDemoConfig:
         "help": "train on the first N training windows only (0: all)"})
     seed: int = field(default=0, metadata={"help": "seed of initialisation and crops"})
     threads: int = field(default=1, metadata={"help": "torch CPU threads (fixed: determinism)"})
-    sae_layer: int = field(default=1, metadata={"help": "residual layer of the SAE (layers.i)"})
+    sae_layer: int = field(default=2, metadata={
+        "help": "residual layer of the SAE (layers.i); the last block's output holds the reading frame"})
     dict_latents: int = field(default=512, metadata={"help": "SAE latents"})
     dict_k: int = field(default=16, metadata={"help": "active latents per base (TopK)"})
     dict_tokens: int = field(default=800_000, metadata={"help": "SAE training tokens"})

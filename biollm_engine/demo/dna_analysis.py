@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..fileio import atomic_path, read_json, write_json
+from ..fileio import atomic_dir, atomic_path, read_json, write_json
 from ..progress import CancelToken, ProgressCallback
 from .dna import DEFAULT_DNA_DEMO
 from .dna_data import TYPES, base_labels, load_records
@@ -225,11 +225,14 @@ def run_dna_analysis(demo_dir: str | Path = DEFAULT_DNA_DEMO, out_dir: str | Pat
     written = [_csv(table.round(6), out / "dna_enrichment_all.csv"),
                _csv(best.round(4), out / "dna_enrichment.csv")]
     chosen = list(dict.fromkeys(best[best["rank"] == 1]["feature"].tolist()))
-    result = run_tracks(TracksConfig(
-        model=str(p["model"]), data=str(p["heldout"]), dict=str(p["sae"]),
-        out=str(out / "dna_tracks"), features=",".join(map(str, chosen)),
-        annotations=str(p["annotations"]), window=p["window"], stride=p["window"] // 2,
-        tokenizer="model", batch_size=16, device="cpu"), progress=progress, cancel=cancel)
+    with atomic_dir(out / "dna_tracks") as tmp:  # a fresh folder: no earlier run's features
+        result = run_tracks(TracksConfig(
+            model=str(p["model"]), data=str(p["heldout"]), dict=str(p["sae"]), out=str(tmp),
+            features=",".join(map(str, chosen)), annotations=str(p["annotations"]),
+            window=p["window"], stride=p["window"] // 2, tokenizer="model", batch_size=16,
+            device="cpu"), progress=progress, cancel=cancel)
+    result.out = out / "dna_tracks"
+    result.bedgraphs = [result.out / b.name for b in result.bedgraphs]
     written += result.bedgraphs
     probe = out / "dna_probe.json"
     write_json(probe, frame_probe(demo_dir))

@@ -148,7 +148,8 @@ def write_fasta(records: list[DnaRecord], path: Path, width: int = 80) -> Path:
                    for r in records).encode()
     with atomic_path(path) as tmp:
         if path.suffix == ".gz":
-            with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as f:
+            with open(tmp, "wb") as raw, \
+                    gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0) as f:
                 f.write(text)
         else:
             tmp.write_bytes(text)
