@@ -57,10 +57,13 @@ def run_demo(args: argparse.Namespace) -> int:
     for path in written:
         print(path)
     analysis = read_json(Path(cfg.out) / "summary.json", "demo summary")["feature_analysis"]
-    print("feature analysis: " + ("read from the workspace's cache (same inputs and code)"
-                                  if analysis["from_cache"] else
-                                  "computed (no cache in the workspace for these inputs and code; "
-                                  "--save-cache stores it)"))
+    if analysis["from_cache"]:
+        print("feature analysis: read from the workspace's cache (same inputs and code)")
+    elif cfg.save_cache:
+        print("feature analysis: computed, and stored in the workspace's cache")
+    else:
+        print("feature analysis: computed (--no-cache, or the workspace's cache was made from "
+              "other inputs or code; --save-cache stores this one)")
     return 0
 
 

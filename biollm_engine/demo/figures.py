@@ -59,7 +59,8 @@ def umap_by_value(xy: np.ndarray, values: np.ndarray, title: str, stem: Path) ->
     sc = ax.scatter(xy[order, 0], xy[order, 1], c=values[order], s=8, cmap="viridis",
                     linewidths=0)
     fig.colorbar(sc, ax=ax, label="max activation in the cell")
-    ax.set(title=title, xlabel="UMAP 1", ylabel="UMAP 2", xticks=[], yticks=[])
+    ax.set(xlabel="UMAP 1", ylabel="UMAP 2", xticks=[], yticks=[])
+    ax.set_title(title, fontsize=9)
     return save(fig, stem)
 
 
@@ -89,14 +90,21 @@ def circuit(pruned, title: str, stem: Path, max_nodes: int = 40) -> list[Path]:
                     key=lambda i: pruned.cumulative[i])
     shown = always + ranked[:max_nodes - len(always)]
     positions = sorted({g.layer_pos(i)[1] for i in shown})
-    col = {p: c for c, p in enumerate(positions)}
-    xy = {}
+    groups: dict[tuple[int, int], list[int]] = {}
     for i in shown:
-        layer, pos = g.layer_pos(i)
-        same = [j for j in shown if g.layer_pos(j) == (layer, pos)]
-        offset = (same.index(i) - (len(same) - 1) / 2) * 0.25
-        xy[i] = (col[pos] + offset, layer + 1)
-    fig, ax = plt.subplots(figsize=(max(6, 0.55 * len(positions) + 2), 5))
+        groups.setdefault(g.layer_pos(i), []).append(i)
+    # each position's column as wide as its fullest layer (the answer position holds most
+    # features), so side-by-side nodes and their labels do not overlap the next column
+    step = 0.4
+    widths = {p: max(1.0, step * max(len(v) for (_, q), v in groups.items() if q == p))
+              for p in positions}
+    edges_x = np.cumsum([0.0] + [widths[p] for p in positions])
+    centre = {p: edges_x[c] + widths[p] / 2 for c, p in enumerate(positions)}
+    xy = {}
+    for (layer, pos), same in groups.items():
+        for k, i in enumerate(same):
+            xy[i] = (centre[pos] + (k - (len(same) - 1) / 2) * step, layer + 1)
+    fig, ax = plt.subplots(figsize=(max(6, 0.55 * edges_x[-1] + 2), 5))
     edges = [(s, t, w) for s, t, w in pruned.edges() if s in xy and t in xy]
     wmax = max([abs(w) for _, _, w in edges] or [1.0])
     for s, t, w in edges:
@@ -111,15 +119,15 @@ def circuit(pruned, title: str, stem: Path, max_nodes: int = 40) -> list[Path]:
                    zorder=2)
         if kinds[i] == "feature":
             ax.annotate(f"{int(g.features[i, 2])}", xy[i], fontsize=6, ha="center",
-                        va="bottom", xytext=(0, 5), textcoords="offset points")
+                        va="bottom", xytext=(0, 6), textcoords="offset points", rotation=90)
         elif kinds[i] == "logit":
             ax.annotate(g.label(i), xy[i], fontsize=7, ha="center", va="bottom",
                         xytext=(0, 6), textcoords="offset points")
     ticks = [g.token_genes[p] or g.tokens[p] for p in positions]
-    ax.set_xticks(range(len(positions)), ticks, rotation=70, fontsize=7)
+    ax.set_xticks([centre[p] for p in positions], ticks, rotation=70, fontsize=7)
     ax.set_yticks(range(g.n_layers + 2),
                   ["genes"] + [f"L{k} MLP" for k in range(g.n_layers)] + ["output"], fontsize=7)
-    ax.set_xlim(-0.8, len(positions) - 0.2)
+    ax.set_xlim(-0.3, edges_x[-1] + 0.3)
     ax.set_title(title, fontsize=9)
     for kind, (marker, color) in style.items():
         ax.scatter([], [], marker=marker, color=color, edgecolors="black", linewidths=0.5,

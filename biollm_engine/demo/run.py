@@ -99,7 +99,7 @@ def _run(cfg: DemoRunConfig, ws: dict, out: Path, progress, cancel) -> list[Path
     written += figures.umap_by_value(
         xy, cell_max[:, feature],
         f"SAE feature {feature} ({row.get('best_' + LABEL_COLUMN, '')}, AUROC "
-        f"{row.get('auroc_' + LABEL_COLUMN, float('nan')):.2f}): {row.get('top_genes', '')}",
+        f"{row.get('auroc_' + LABEL_COLUMN, float('nan')):.2f})\n{row.get('top_genes', '')}",
         figs / f"umap_feature_{feature}")
     codes = cells.obs[LABEL_COLUMN].cat.codes.to_numpy()
     means = np.stack([cell_max[codes == c].mean(axis=0) for c in range(len(labels))], axis=1)
