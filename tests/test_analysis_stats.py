@@ -118,9 +118,9 @@ def test_tokens_out_of_record_order_equal_dense_computation():
 
 def test_gene_rows_on_a_second_thread_in_many_batches_equal_dense_computation(monkeypatch):
     # per-cell and per-gene work runs on a second thread (here for every chunk), per-gene sums
-    # in batches (here of a few dozen non-zeros) combined as they grow; accumulators merged
-    # part-way keep their batches too
-    monkeypatch.setattr(stats_module.FeatureStats, "THREAD_NNZ", 0)
+    # in batches (here of a few dozen non-zeros, each reduced in two halves of genes on two
+    # threads) combined as they grow; accumulators merged part-way keep their batches too
+    monkeypatch.setattr(stats_module, "THREAD_NNZ", 0)
     rng = np.random.default_rng(11)
     dense, src = make_tokens(rng, n_cells=40, density=0.5)
     ref = dense_reference(dense, src, 40, 9)

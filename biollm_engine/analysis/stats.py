@@ -29,6 +29,8 @@ from .topk import TopK, grouped_topk
 HIST_EDGES = 2.0 ** np.arange(-10, 11)
 NUM_BINS = len(HIST_EDGES) + 1
 
+THREAD_NNZ = 1 << 16  # work on fewer non-zeros stays on one thread (a thread costs ~0.1 ms)
+
 
 @dataclass
 class StatsConfig:
@@ -170,6 +172,26 @@ class _Worker(threading.Thread):
         return self.out
 
 
+def _reduce_rows(parts: np.ndarray, cols, vmax, vsum, count, F: int, ordered: bool
+                 ) -> tuple[np.ndarray, ...]:
+    """`kernels.merge_parts`; when large, its rows split in two halves of about equal
+    non-zeros, one of them on a second thread."""
+    G = parts.shape[1] - 1
+    if G < 2 or (parts[:, -1] - parts[:, 0]).sum() < THREAD_NNZ:
+        return merge_parts(parts, cols, vmax, vsum, count, F, ordered)
+    sizes = np.cumsum((parts[:, 1:] - parts[:, :-1]).sum(axis=0))
+    h = min(int(np.searchsorted(sizes, sizes[-1] / 2)) + 1, G - 1)  # rows [0, h) and [h, G)
+    worker = _Worker(merge_parts, np.ascontiguousarray(parts[:, h:]), cols, vmax, vsum, count, F,
+                     ordered)
+    try:
+        a = merge_parts(np.ascontiguousarray(parts[:, :h + 1]), cols, vmax, vsum, count, F,
+                        ordered)
+    finally:
+        b = worker.result()
+    return ((np.concatenate([a[0], b[0][1:] + a[0][-1]]),)
+            + tuple(np.concatenate(x) for x in zip(a[1:], b[1:])))
+
+
 def _merge_units(parts: list[tuple[np.ndarray, ...]], F: int, ordered: bool = False
                  ) -> tuple[np.ndarray, ...]:
     """One CSR part (indptr, cols, max, sum, count) from several (of any number of rows)."""
@@ -177,7 +199,8 @@ def _merge_units(parts: list[tuple[np.ndarray, ...]], F: int, ordered: bool = Fa
     offsets = np.cumsum([0] + [len(p[1]) for p in parts])
     indptrs = np.stack([np.pad(p[0], (0, G + 1 - len(p[0])), mode="edge") + o
                         for p, o in zip(parts, offsets)])
-    return merge_parts(indptrs, *(np.concatenate(x) for x in list(zip(*parts))[1:]), F, ordered)
+    return _reduce_rows(indptrs, *(np.concatenate(x) for x in list(zip(*parts))[1:]), F,
+                        ordered)
 
 
 class _UnitSums:
@@ -221,8 +244,8 @@ class _UnitSums:
         G = max(len(s) for s in self.starts)
         starts = np.stack([np.pad(s, (0, G - len(s)), mode="edge") for s in self.starts])
         self.starts, self.buffered = [], 0
-        part = merge_parts(starts, self.cols, self.vals, self.vals, np.zeros(0, np.int64), self.F,
-                           ordered and not self.parts)
+        part = _reduce_rows(starts, self.cols, self.vals, self.vals, np.zeros(0, np.int64),
+                            self.F, ordered and not self.parts)
         self.parts.append(part)
         self.ordered = len(self.parts) == 1 and ordered
         if sum(len(p[1]) for p in self.parts[1:]) >= len(self.parts[0][1]):
@@ -295,8 +318,6 @@ class FeatureStatsResult:
 class FeatureStats:
     """The one-pass accumulator behind `FeatureStatsResult`."""
 
-    THREAD_NNZ = 1 << 16  # chunks with fewer non-zeros run on one thread (a thread costs ~0.1 ms)
-
     def __init__(self, num_features: int, cfg: StatsConfig | None = None):
         self.cfg = cfg or StatsConfig()
         self.num_features = num_features
@@ -319,7 +340,7 @@ class FeatureStats:
         # per-cell and per-gene work touches other state than the per-feature pass, so a large
         # chunk's goes to a second thread (the kernels release the GIL)
         worker = _Worker(self._gene_rows, indptr, cols, vals, src) \
-            if len(cols) >= self.THREAD_NNZ else None
+            if len(cols) >= THREAD_NNZ else None
         try:
             feature_pass(self.hist, self.act_sum, self.act_max, self.top.values, self.top.ids,
                          indptr, cols, vals, vals.view(np.int32), chunk.start)
