@@ -254,7 +254,8 @@ class CircuitPanel(QWidget):
                 lines.append(f"{title}: " + ", ".join(f"{n} ({w:+.3g})" for n, w in d[key]))
         picked = self.state.picked
         if len(picked) > 1:
-            lines.append(f"picked for an edit: {', '.join(self.state.graph.label(j).strip() for j in picked)}")
+            names = ", ".join(self.state.graph.label(j).strip() for j in picked)
+            lines.append(f"picked for an edit: {names}")
         self.detail.setText("<br>".join(lines))
 
     # -- interventions ------------------------------------------------------------------------
@@ -340,7 +341,8 @@ class CircuitPanel(QWidget):
                               symbolPen="#333333", name="frozen")
             lo = float(min(df["attribution"].min(), 0))
             hi = float(max(df["attribution"].max(), 0))
-            self.scatter.plot([lo, hi], [lo, hi], pen=pg.mkPen("#999999", style=Qt.PenStyle.DashLine))
+            self.scatter.plot([lo, hi], [lo, hi],
+                              pen=pg.mkPen("#999999", style=Qt.PenStyle.DashLine))
 
         job.finished.connect(done)
         return job

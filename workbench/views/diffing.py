@@ -1,7 +1,8 @@
 """Model diffing with a crosscoder: which features belong to one model, which are shared.
 
 Each feature is a point: its relative decoder norm ‖d_b‖ / (‖d_a‖ + ‖d_b‖) (0: source a only,
-0.5: shared, 1: source b only) against how often it fires; click one for its detail.
+0.5: shared, 1: source b only) against how often it fires; click one for its detail. Groups
+follow the engine's thresholds (training/pair.py).
 """
 
 from __future__ import annotations
@@ -12,6 +13,9 @@ from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
 
 from biollm_engine.errors import BioLLMError
+from biollm_engine.training.pair import THRESHOLDS
+
+LOW, HIGH = THRESHOLDS  # the engine's base-only / shared / fine-tuned-only cut (Lindsey et al.)
 
 ONLY_A, SHARED, ONLY_B = "#4393c3", "#999999", "#d6604d"
 
@@ -31,7 +35,7 @@ def diffing_table(dictionary, activations, a: int = 0, b: int = 1):
         rel = dictionary.relative_decoder_norms(a, b).float().cpu().numpy()
         fired = (dictionary.encode(torch.as_tensor(activations)) > 0).float().mean(0)
     names = dictionary.cfg.sources
-    group = np.where(rel < 0.3, f"{names[a]} only", np.where(rel > 0.7, f"{names[b]} only",
+    group = np.where(rel < LOW, f"{names[a]} only", np.where(rel > HIGH, f"{names[b]} only",
                                                               "shared"))
     return pd.DataFrame({"feature": np.arange(len(rel)), "relative_norm": rel,
                          f"norm_{names[a]}": norms[:, a], f"norm_{names[b]}": norms[:, b],
@@ -60,8 +64,8 @@ class DiffingView(QWidget):
     def set_crosscoder(self, dictionary, activations) -> None:
         df = diffing_table(dictionary, activations)
         self.table = df
-        colours = np.where(df["relative_norm"] < 0.3, ONLY_A,
-                           np.where(df["relative_norm"] > 0.7, ONLY_B, SHARED))
+        colours = np.where(df["relative_norm"] < LOW, ONLY_A,
+                           np.where(df["relative_norm"] > HIGH, ONLY_B, SHARED))
         y = np.log10(np.maximum(df["frequency"].to_numpy(), 1e-6))
         self.points.setData(x=df["relative_norm"].to_numpy(), y=y, data=df["feature"].to_numpy(),
                             brush=[pg.mkBrush(c) for c in colours])

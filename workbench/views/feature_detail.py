@@ -17,6 +17,7 @@ from ..state.features import FeatureResults
 
 BAR = (70, 130, 180)
 BACKGROUND = (200, 80, 60)
+NARROW = 620  # pixels: below this the plots stack in one column
 
 
 def _plot(title: str) -> pg.PlotWidget:
@@ -55,13 +56,26 @@ class FeatureDetail(QWidget):
         self.top_cells.itemClicked.connect(self._cell_clicked)
         self.lens = QLabel("")
         self.lens.setWordWrap(True)
-        grid = QGridLayout(self)
-        grid.addWidget(self.title, 0, 0, 1, 2)
-        grid.addWidget(self.hist, 1, 0)
-        grid.addWidget(self.genes, 1, 1)
-        grid.addWidget(self.types, 2, 0)
-        grid.addWidget(self.top_cells, 2, 1)
-        grid.addWidget(self.lens, 3, 0, 1, 2)
+        self.grid = QGridLayout(self)
+        self.columns = 0
+        self._arrange(2)
+
+    def _arrange(self, columns: int) -> None:
+        """Two columns of plots when there is room, one (scrolled by the panel) when narrow,
+        e.g. beside a circuit."""
+        grid, self.columns = self.grid, columns
+        for w in (self.title, self.hist, self.genes, self.types, self.top_cells, self.lens):
+            grid.removeWidget(w)
+        grid.addWidget(self.title, 0, 0, 1, columns)
+        for k, w in enumerate((self.hist, self.genes, self.types, self.top_cells)):
+            grid.addWidget(w, 1 + k // columns, k % columns)
+        grid.addWidget(self.lens, 1 + 4 // columns, 0, 1, columns)
+
+    def resizeEvent(self, event) -> None:
+        super().resizeEvent(event)
+        columns = 1 if event.size().width() < NARROW else 2
+        if columns != self.columns:
+            self._arrange(columns)
 
     def set_results(self, results: FeatureResults | None) -> None:
         self.results, self.feature = results, None
@@ -149,4 +163,5 @@ class FeatureDetail(QWidget):
                         for k in ("promoted_gene", "promoted_cell_type") if k in r.table)
         self.lens.setText(f"<b>Logit lens</b>{extra}<br><b>promotes</b> "
                           f"{words(r.promoted[j][:8], r.promoted_score[j][:8])}<br>"
-                          f"<b>suppresses</b> {words(r.suppressed[j][:8], r.suppressed_score[j][:8])}")
+                          "<b>suppresses</b> "
+                          f"{words(r.suppressed[j][:8], r.suppressed_score[j][:8])}")

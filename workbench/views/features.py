@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 from PySide6.QtCore import Qt
-
 from PySide6.QtWidgets import (QComboBox, QFileDialog, QHBoxLayout, QLabel, QLineEdit,
-                               QSplitter, QTableView, QTabWidget, QToolButton, QVBoxLayout,
-                               QWidget)
+                               QScrollArea, QSplitter, QTableView, QTabWidget, QToolButton,
+                               QVBoxLayout, QWidget)
+
 from ..state import features as feat
 from ..state.session import Session
 from .export import copy_table
@@ -213,7 +213,10 @@ class FeaturesPanel(QWidget):
 
         if self.detail is None:
             self.detail, self.heatmap = FeatureDetail(self.cells), HeatmapView()
-            self.tabs.addTab(self.detail, "Detail")
+            scroll = QScrollArea(widgetResizable=True, frameShape=QScrollArea.Shape.NoFrame)
+            scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+            scroll.setWidget(self.detail)  # stacked in one column when the dock is narrow
+            self.tabs.addTab(scroll, "Detail")
             self.tabs.addTab(self.heatmap, "Heatmap")
         self.results = results
         self.analysis_cfg = cfg or self.default_config()
