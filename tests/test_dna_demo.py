@@ -120,3 +120,23 @@ def test_committed_demo_tracks_have_one_value_per_base(tmp_path):
         # the TopK cut on a rare base; everywhere else the values are the committed ones
         same = np.isclose(values[i], committed, rtol=1e-4, atol=1e-4)
         assert same.mean() > 0.999 and (values[i] > 0).mean() > 0.01
+
+
+def test_record_tracks_of_one_record_match_the_committed_bedgraph():
+    """What the workbench's Tracks panel shows (its test covers the top-N choice)."""
+    from biollm_engine.analysis.dna_tracks import read_bedgraph, record_tracks
+    from biollm_engine.demo.dna_analysis import demo_paths
+    from biollm_engine.errors import BioLLMError
+
+    p = demo_paths()
+    best = pd.read_csv(FIGURES / "dna_enrichment.csv")
+    f = int(best[best["rank"] == 1]["feature"].iloc[0])
+    args = dict(model=str(p["model"]), data=str(p["heldout"]), dictionary=str(p["sae"]),
+                record=1, window=p["window"], stride=p["window"] // 2, device="cpu")
+    t = record_tracks(features=[f], **args)
+    committed = read_bedgraph(FIGURES / "dna_tracks" / f"feature_{f}.bedgraph", t.name,
+                              t.values.shape[1])
+    assert t.values.shape == (1, len(committed))
+    assert np.isclose(t.values[0], committed, rtol=1e-4, atol=1e-4).mean() > 0.999
+    with pytest.raises(BioLLMError, match="out of range"):
+        record_tracks(features=[10_000], **args)
