@@ -9,10 +9,12 @@ the log-normalized expression that cell sentences rank.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..inputs.cells import CellDataset, CellSentenceConfig
+if TYPE_CHECKING:  # anndata and pandas load only when cells are read, not for `biollm --help`
+    from ..inputs.cells import CellDataset
 
 LABEL_COLUMN = "bulk_labels"
 SPLIT_COLUMN = "demo_split"
@@ -53,6 +55,8 @@ class Sequences:
 def cell_dataset(adata_or_path, top_k: int) -> CellDataset:
     """The cells as the engine reads them by default (X is scaled, so raw is used; the default
     tie-breaking seed), so that features, circuits and the workbench see the training prompts."""
+    from ..inputs.cells import CellDataset, CellSentenceConfig
+
     return CellDataset(adata_or_path, CellSentenceConfig(top_k=top_k))
 
 
