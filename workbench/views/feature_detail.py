@@ -69,6 +69,7 @@ class FeatureDetail(QWidget):
         grid.addWidget(self.title, 0, 0, 1, columns)
         for k, w in enumerate((self.hist, self.genes, self.types, self.top_cells)):
             grid.addWidget(w, 1 + k // columns, k % columns)
+            w.setMaximumHeight(260 if columns == 1 else 16777215)  # stacked: scroll, not stretch
         grid.addWidget(self.lens, 1 + 4 // columns, 0, 1, columns)
 
     def resizeEvent(self, event) -> None:
