@@ -38,7 +38,8 @@ def recount(ws: Path) -> tuple[dict[str, str], dict[str, float]]:
     cell's prediction read after its own last prompt token)."""
     settings = json.loads((ws / "workspace.json").read_text())["settings"]
     lm = load_model(str(ws / "model"), device="cpu")
-    ds = CellDataset(ws / "cells.h5ad", CellSentenceConfig(top_k=settings["cell_sentence"]["top_k"]))
+    top_k = settings["cell_sentence"]["top_k"]
+    ds = CellDataset(ws / "cells.h5ad", CellSentenceConfig(top_k=top_k))
     obs = ds.obs
     labels = list(obs[LABEL_COLUMN].cat.categories)
     label_ids = [lm.tokenizer.convert_tokens_to_ids(label) for label in labels]
@@ -179,9 +180,10 @@ def test_dictionaries_are_trained_on_the_training_cells_only(quick_ws):
     from transformers import PreTrainedTokenizerFast
 
     report = json.loads((quick_ws / "demo.json").read_text())
-    top_k = json.loads((quick_ws / "workspace.json").read_text())["settings"]["cell_sentence"]
+    settings = json.loads((quick_ws / "workspace.json").read_text())["settings"]
     tok = PreTrainedTokenizerFast.from_pretrained(quick_ws / "model")
-    ds = CellDataset(quick_ws / "cells.h5ad", CellSentenceConfig(top_k=top_k["top_k"]))
+    ds = CellDataset(quick_ws / "cells.h5ad",
+                     CellSentenceConfig(top_k=settings["cell_sentence"]["top_k"]))
     train = np.flatnonzero(ds.obs[SPLIT_COLUMN].astype(str).to_numpy() == "train")
     tokens = sum(int(ex.keep.sum()) for ex in ds.examples(tok, train))
     data = report["dictionary_data"]

@@ -11,6 +11,7 @@ folder being built.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -117,16 +118,12 @@ class _Clock:
     def __init__(self):
         self.t0, self.cpu0, self.parts = time.perf_counter(), time.process_time(), {}
 
+    @contextlib.contextmanager
     def __call__(self, name: str):
-        import contextlib
-
-        @contextlib.contextmanager
-        def part():
-            t, c = time.perf_counter(), time.process_time()
-            yield
-            self.parts[f"{name}_s"] = time.perf_counter() - t
-            self.parts[f"{name}_cpu_s"] = time.process_time() - c
-        return part()
+        t, c = time.perf_counter(), time.process_time()
+        yield
+        self.parts[f"{name}_s"] = time.perf_counter() - t
+        self.parts[f"{name}_cpu_s"] = time.process_time() - c
 
     def report(self) -> dict:
         total = {"total_s": time.perf_counter() - self.t0,
