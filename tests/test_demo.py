@@ -249,3 +249,13 @@ def test_split_is_stratified_and_fixed():
     assert np.array_equal(a, stratified_split(labels, 0.2, seed=0))
     assert [int(a[labels == k].sum()) for k in range(4)] == [20, 8, 2, 1]
     assert not np.array_equal(a, stratified_split(labels, 0.2, seed=1))
+
+
+def test_a_workspace_that_is_not_the_demo_is_one_clear_error(tmp_path, capsys):
+    ws = tmp_path / "ws"
+    (ws / "dictionaries" / "transcoders").mkdir(parents=True)
+    (ws / "workspace.json").write_text(json.dumps({"dictionaries": ["dictionaries/sae/x"]}))
+    (ws / "demo.json").write_text("{}")
+    code = main(["demo", "run", "--workspace", str(ws), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and "not describe a demo workspace" in err and "Traceback" not in err

@@ -21,6 +21,11 @@ def read_workspace(folder: str | Path) -> dict:
     if not sae or not (folder / "dictionaries" / "transcoders").is_dir():
         raise BioLLMError(f"{folder} has no SAE or transcoders; rebuild it with "
                           "`biollm demo build`.")
-    return {"folder": folder, "model": folder / ws["model"], "data": folder / ws["data"][0],
-            "sae": folder / sae[0], "transcoders": folder / "dictionaries" / "transcoders",
-            "top_k": int(ws["settings"]["cell_sentence"]["top_k"])}
+    try:
+        return {"folder": folder, "model": folder / ws["model"], "data": folder / ws["data"][0],
+                "sae": folder / sae[0], "transcoders": folder / "dictionaries" / "transcoders",
+                "top_k": int(ws["settings"]["cell_sentence"]["top_k"])}
+    except (KeyError, IndexError, TypeError, ValueError):
+        raise BioLLMError(f"{folder / 'workspace.json'} does not describe a demo workspace (model, "
+                          "data and cell-sentence settings); rebuild it with `biollm demo build`."
+                          ) from None
