@@ -193,12 +193,15 @@ def test_dictionaries_are_trained_on_the_training_cells_only(quick_ws):
 
 def test_two_builds_write_identical_weights(tmp_path):
     """Seeds, one thread and deterministic algorithms: a rebuild gives the same bytes, whatever
-    the state the process was left in before it."""
+    the state the process was left in before it; the DNA demo's folder survives a rebuild."""
     def tiny(out):
         return dataclasses.replace(DemoBuildConfig(out=str(out)).reduced(), top_k=8, layers=1,
                                    width=32, epochs=1, sae_layer=0, dict_latents=64,
                                    dict_tokens=2048, dict_batch_size=256, analysis=False)
 
+    other = tmp_path / "a" / "dna" / "dna_demo.json"  # another demo's part of the workspace
+    other.parent.mkdir(parents=True)
+    other.write_text("{}")
     hashes = []
     for name in ("a", "b"):
         build(tiny(tmp_path / name))
@@ -210,6 +213,7 @@ def test_two_builds_write_identical_weights(tmp_path):
         torch.set_num_threads(2)
     assert len(hashes[0]) == 3  # model, transcoder, SAE
     assert hashes[0] == hashes[1]
+    assert other.read_text() == "{}"  # carried over into the rebuilt workspace
 
 
 def test_committed_demo_loads_and_its_accuracy_is_recounted():
