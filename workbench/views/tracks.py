@@ -122,7 +122,7 @@ class TracksPanel(QWidget):
 
     def open_sequence(self, path: str | Path, record: int = 0):
         """Show a FASTA / FASTA.gz / GenBank file's record; compute its tracks when the workspace
-        has a model and a dictionary (returns that job, else None)."""
+        is a DNA one (returns that job, else None)."""
         from biollm_engine.inputs.dna import DnaDataset
 
         path = Path(path)
@@ -137,8 +137,13 @@ class TracksPanel(QWidget):
         self.record_box.setCurrentIndex(record)
         self.record_box.blockSignals(False)
         self.show_record(record)
+        return self.compute() if self._dna_workspace() else None
+
+    def _dna_workspace(self) -> bool:
+        """Whether tracks start by themselves: a model and a dictionary, and no cells (a cell
+        workspace's model reads gene names, not bases; there Compute tracks starts them)."""
         ws = self.session.workspace
-        return self.compute() if ws.model and ws.dictionaries else None
+        return bool(ws.model and ws.dictionaries and not ws.data)
 
     def _find_annotations(self, path: Path):
         """GenBank features of the file itself, else the workspace's annotation file."""
@@ -171,7 +176,7 @@ class TracksPanel(QWidget):
     def _record_chosen(self, index: int) -> None:
         if index >= 0 and self.path is not None:
             self.show_record(index)
-            if self.session.workspace.model and self.session.workspace.dictionaries:
+            if self._dna_workspace():
                 self.compute()
 
     def show_record(self, record: int) -> None:
