@@ -1,9 +1,13 @@
 import os
+import tempfile
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# what the workbench computes on the read-only bundled demo goes to the user's cache: in tests, a
+# throw-away one
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="biollm-test-cache-")
 
 import pytest  # noqa: E402
 

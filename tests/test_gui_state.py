@@ -1,6 +1,7 @@
 """The workbench's state without Qt: file kinds, workspaces, colouring, selection, raster."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -67,6 +68,19 @@ def test_workspace_round_trip_keeps_inner_paths_relative(tmp_path):
     (folder / "workspace.json").write_text("{not json")
     with pytest.raises(BioLLMError, match="not valid JSON"):
         open_workspace(folder)
+
+
+def test_results_on_the_bundled_demo_go_to_the_user_cache_not_into_the_package(tmp_path):
+    from workbench.state.features import analysis_folder
+    from workbench.state.workspace import BUNDLED, is_read_only
+
+    shipped = BUNDLED / "dictionaries" / "sae" / "layers.2"
+    assert (analysis_folder(BUNDLED, shipped) / "table.parquet").is_file()  # read where shipped
+    new = analysis_folder(BUNDLED, BUNDLED / "dictionaries" / "transcoders" / "layers.1.mlp.in")
+    assert not new.is_relative_to(BUNDLED)
+    assert new.is_relative_to(os.environ["XDG_CACHE_HOME"])
+    assert is_read_only(BUNDLED / "dna") and not is_read_only(tmp_path / "new" / "ws")
+    assert analysis_folder(tmp_path, shipped).parent == tmp_path / "analysis"
 
 
 def test_colourings():

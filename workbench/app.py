@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-DEMO = Path(__file__).resolve().parents[1] / "resources" / "demo"
+from .state.workspace import BUNDLED as DEMO
 
 
 def start_target(path: str | None) -> Path | None:

@@ -386,8 +386,10 @@ class MainWindow(QMainWindow):
             self.open_path(folder)
 
     def save_workspace(self, folder: str | Path | None = None) -> Path | None:
+        from .state.workspace import is_read_only
+
         folder = folder or self.session.workspace.folder
-        if folder is None:
+        if folder is None or is_read_only(folder):  # the bundled demo is saved as a copy
             folder = QFileDialog.getExistingDirectory(self, "Save workspace in folder")
             if not folder:
                 return None

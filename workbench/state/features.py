@@ -175,8 +175,15 @@ class FeatureResults:
 
 
 def analysis_folder(workspace_folder: str | Path, dictionary: str | Path) -> Path:
+    """A dictionary's cached analysis: in the workspace, unless the workspace is read-only (the
+    bundled demo) and did not ship one, then in the user's cache."""
+    from .workspace import is_read_only, scratch_folder
+
     name = "_".join(Path(dictionary).parts[-2:]).replace(" ", "_")
-    return Path(workspace_folder) / ANALYSIS_DIR / name
+    folder = Path(workspace_folder) / ANALYSIS_DIR / name
+    if folder.exists() or not is_read_only(workspace_folder):
+        return folder
+    return scratch_folder(workspace_folder) / ANALYSIS_DIR / name
 
 
 def features_config(workspace_folder: str | Path, model: str, data: str, dictionary: str,

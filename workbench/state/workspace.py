@@ -7,6 +7,8 @@ embedded demo is one); paths outside are stored absolute.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +18,25 @@ from biollm_engine.fileio import read_json, write_json
 FILENAME = "workspace.json"
 VERSION = 1
 _PATH_LISTS = ("dictionaries", "data", "sequences", "caches", "analyses", "figures")
+BUNDLED = Path(__file__).resolve().parents[2] / "resources" / "demo"
+
+
+def is_read_only(folder: str | Path) -> bool:
+    """The bundled demo workspaces stay as shipped (in an installed package they may not even be
+    writable), as does any folder the user cannot write."""
+    folder = Path(folder).resolve()
+    existing = next(p for p in (folder, *folder.parents) if p.exists())  # a new one is made there
+    return folder.is_relative_to(BUNDLED) or not os.access(existing, os.W_OK)
+
+
+def scratch_folder(folder: str | Path) -> Path:
+    """Where what is computed on a read-only workspace goes: the user's cache, one folder per
+    workspace path."""
+    import platformdirs
+
+    folder = Path(folder).resolve()
+    key = hashlib.sha1(str(folder).encode()).hexdigest()[:12]
+    return Path(platformdirs.user_cache_dir("biollm-workbench", "BioLLM")) / f"{folder.name}-{key}"
 
 
 @dataclass
