@@ -7,8 +7,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from biollm_engine.cli import main
 from biollm_engine.demo.dna import DEFAULT_DNA_DEMO, build_dna_demo
 from biollm_engine.demo.dna_data import TYPES, base_labels, codon_edges, load_records
+from biollm_engine.fileio import read_json
 from biollm_engine.inputs.dna import reverse_complement
 
 FIGURES = DEFAULT_DNA_DEMO.parents[2] / "docs" / "figures"
@@ -21,8 +23,12 @@ def records():
 
 @pytest.fixture(scope="module")
 def quick_builds(tmp_path_factory):
+    # the second build goes through `biollm demo build`, which puts the DNA demo in <out>/dna
     a, b = tmp_path_factory.mktemp("dna_a"), tmp_path_factory.mktemp("dna_b")
-    return (a, build_dna_demo(a, quick=True)), (b, build_dna_demo(b, quick=True))
+    first = build_dna_demo(a, quick=True)
+    assert main(["demo", "build", "--part", "dna", "--quick", "--out", str(b)]) == 0
+    assert not (b / "workspace.json").exists()  # --part dna leaves the cell demo alone
+    return (a, first), (b / "dna", read_json(b / "dna" / "dna_demo.json"))
 
 
 def test_annotations_are_real_genes(records):

@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 
 from .. import config
-from ..analysis.dna_tracks import TracksConfig
+
+HELP = "per-base feature tracks along DNA (bedGraph), enrichment in annotations"
 
 
 def add_parser(subparsers) -> None:
+    from ..analysis.dna_tracks import TracksConfig
+
     p = subparsers.add_parser(
-        "tracks", help="per-base feature tracks along DNA (bedGraph), enrichment in annotations",
+        "tracks", help=HELP,
         description="Run a DNA model over windows of a FASTA / GenBank file, encode one "
                     "hookpoint with a dictionary and write, per chosen feature, a bedGraph "
                     "(one value per base, the max over overlapping windows and strands) and a "
@@ -22,7 +25,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..analysis.dna_tracks import run_tracks
+    from ..analysis.dna_tracks import TracksConfig, run_tracks
     from ..progress import TqdmProgress
 
     cfg = config.from_args(TracksConfig, args)
