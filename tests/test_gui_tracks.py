@@ -83,6 +83,16 @@ def test_click_on_peak_emits_feature(panel, qtbot):
     with qtbot.waitSignal(panel.feature_clicked, timeout=2000) as blocker:
         qtbot.mouseClick(panel.glw.viewport(), Qt.MouseButton.LeftButton, pos=QPoint(at))
     assert blocker.args == [f]
+    # ... and opens its detail: the strongest peak first, with its bases; double-click goes there
+    assert panel.detail.isVisible() and panel.detail.feature == f
+    rows = panel.detail.rows()
+    assert rows[0][0] == peak and f"[{panel.seq[peak]}]" in rows[0][1]
+    assert rows[0][1].replace(" ", "").replace("[", "").replace("]", "") == \
+        panel.seq[peak - 10:peak + 11]
+    assert all(v[p] > 0 for p, _ in rows) and len({p for p, _ in rows}) == len(rows)
+    panel.detail.table.cellDoubleClicked.emit(len(rows) - 1, 0)
+    lo, hi = vb.viewRange()[0]
+    assert lo <= rows[-1][0] <= hi and hi - lo < 100
     # a click where the feature is silent opens nothing
     quiet = np.flatnonzero(v == 0)
     quiet = quiet[(quiet > 30) & (quiet < len(v) - 30)]

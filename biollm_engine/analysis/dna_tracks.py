@@ -262,3 +262,16 @@ def read_bedgraph(path: str | Path, chrom: str, length: int) -> np.ndarray:
             if cols[0] == chrom:
                 out[int(cols[1]):int(cols[2])] = float(cols[3])
     return out
+
+
+def track_peaks(values: np.ndarray, n: int = 10, flank: int = 10) -> np.ndarray:
+    """Positions of the `n` highest bases of one track where it fires, each more than `flank`
+    bases from a higher one (so one binding site is one peak, not its shoulders)."""
+    values = np.asarray(values)
+    taken: list[int] = []
+    for i in np.argsort(values, kind="stable")[::-1]:
+        if len(taken) == n or values[i] <= 0:
+            break
+        if all(abs(int(i) - j) > flank for j in taken):
+            taken.append(int(i))
+    return np.asarray(taken, dtype=np.int64)

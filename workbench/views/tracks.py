@@ -15,14 +15,15 @@ from pathlib import Path
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import Signal
+from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (QComboBox, QFileDialog, QGridLayout, QHBoxLayout, QLabel,
-                               QLineEdit, QPushButton, QSpinBox, QToolButton, QVBoxLayout,
-                               QWidget)
+                               QLineEdit, QPushButton, QSpinBox, QSplitter, QToolButton,
+                               QVBoxLayout, QWidget)
 
 from biollm_engine.errors import BioLLMError
 
 from ..state.session import Session
+from .dna_feature import DnaFeatureDetail
 from .export import ask_figure_path, export_figure, export_table
 
 log = logging.getLogger("workbench")
@@ -94,13 +95,22 @@ class TracksPanel(QWidget):
         lay = QVBoxLayout(self)
         lay.addLayout(top)
         lay.addWidget(self.status)
-        lay.addWidget(self.glw, 1)
+        self.detail = DnaFeatureDetail(BASE_COLOURS)
+        self.detail.hide()  # until a peak is clicked
+        split = QSplitter(Qt.Orientation.Horizontal)
+        split.addWidget(self.glw)
+        split.addWidget(self.detail)
+        split.setStretchFactor(0, 3)
+        split.setStretchFactor(1, 2)
+        lay.addWidget(split, 1)
         lay.addLayout(buttons)
 
         self.compute_button.clicked.connect(lambda: self.compute())
         self.record_box.currentIndexChanged.connect(self._record_chosen)
         self.view.sigXRangeChanged.connect(lambda *_: self._update_letters())
         self.glw.scene().sigMouseClicked.connect(self._clicked)
+        self.feature_clicked.connect(self.show_feature)
+        self.detail.go_to.connect(lambda p: self.zoom_to(max(0, p - 40), p + 41))
         self.session.workspace_changed.connect(self._fill_dictionaries)
         self._fill_dictionaries()
 
@@ -328,6 +338,12 @@ class TracksPanel(QWidget):
                 log.info("feature %d clicked at base %d", f, a + int(np.argmax(v[a:b])))
                 self.feature_clicked.emit(int(f))
             return
+
+    def show_feature(self, feature: int) -> None:
+        """Open a tracked feature's detail beside the tracks."""
+        row = self.tracks.features.index(feature)
+        self.detail.show_feature(feature, self.tracks.values[row], self.seq, self.tracks.name)
+        self.detail.show()
 
     # -- drag and drop, exports ---------------------------------------------------------------
     def dragEnterEvent(self, event) -> None:
