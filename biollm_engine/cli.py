@@ -45,9 +45,24 @@ def _command_in(argv: list[str]) -> str:
     return next((a for a in argv if not a.startswith("-")), "")
 
 
+def _with_default_action(argv: list[str], command: str) -> list[str]:
+    """`biollm demo --out DIR` means `biollm demo run --out DIR`: a command with actions may name
+    the one its options go to when none is given (`DEFAULT_ACTION`)."""
+    if command not in command_names():
+        return argv
+    action = getattr(importlib.import_module(f"{commands.__name__}.{command}"),
+                     "DEFAULT_ACTION", None)
+    i = argv.index(command) + 1
+    if action and i < len(argv) and argv[i].startswith("-") and argv[i] not in ("-h", "--help"):
+        return [*argv[:i], action, *argv[i:]]
+    return argv
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    parser = build_parser(_command_in(argv))
+    command = _command_in(argv)
+    argv = _with_default_action(argv, command)
+    parser = build_parser(command)
     args = parser.parse_args(argv)
     if not getattr(args, "run", None):
         parser.print_help()

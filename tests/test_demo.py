@@ -128,7 +128,7 @@ def test_demo_run_writes_tables_circuits_and_figures(quick_ws, tmp_path):
     import pandas as pd
 
     out = tmp_path / "run"
-    assert main(["demo", "run", "--workspace", str(quick_ws), "--out", str(out)]) == 0
+    assert main(["demo", "--workspace", str(quick_ws), "--out", str(out)]) == 0  # run: default
     table = pd.read_csv(out / "features.csv")
     sae = load_dictionary(quick_ws / "dictionaries" / "sae" / "layers.1")
     assert len(table) == sae.num_latents

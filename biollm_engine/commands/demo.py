@@ -10,6 +10,7 @@ from .. import config
 
 HELP = "build the embedded demo workspaces, or run the whole pipeline on the cell demo"
 PARTS = ("all", "cells", "dna")
+DEFAULT_ACTION = "run"  # `biollm demo --out DIR` runs the pipeline on the demo
 
 
 def add_parser(subparsers) -> None:
