@@ -10,18 +10,10 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
-import time
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
-
-def median_ms(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t) * 1e3)
-    return sorted(times)[len(times) // 2]
+from _timing import median_ms  # noqa: E402
 
 
 def fake_cells(n: int, rng):

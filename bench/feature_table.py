@@ -13,6 +13,8 @@ import time
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
+from _timing import median_ms  # noqa: E402
+
 GOAL_MS = 100.0
 
 
@@ -27,15 +29,6 @@ def feature_table(n: int, rng):
         "frequency": rng.random(n), "max": rng.exponential(size=n),
         "best_cell_type": rng.choice(types, n), "auroc_cell_type": rng.uniform(0.4, 1.0, n),
         "top_genes": [", ".join(rng.choice(genes, 3, replace=False)) for _ in range(n)]})
-
-
-def median_ms(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t) * 1e3)
-    return sorted(times)[len(times) // 2]
 
 
 def main() -> None:

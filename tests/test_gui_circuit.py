@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -11,7 +10,6 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
-from PySide6.QtCore import QCoreApplication
 
 import biollm_engine.circuits as circuits
 from biollm_engine.circuits import Edit, intervene
@@ -19,20 +17,12 @@ from biollm_engine.circuits.prune import prune
 from biollm_engine.inputs.cells import CellDataset, CellSentenceConfig
 from workbench.state.session import Session
 
+from gui_helpers import wait_for
 from test_circuits_export import Link, Model
 from test_gui_dialogs import small_workspace
 
 DEMO = Path(__file__).resolve().parents[1] / "resources" / "demo"
 TOP_GENES, MAX_FEATURES = 10, 30
-
-
-def wait_for(job, timeout: float = 120.0) -> None:
-    end = time.monotonic() + timeout
-    while job.active and time.monotonic() < end:
-        QCoreApplication.processEvents()
-        time.sleep(0.01)
-    QCoreApplication.processEvents()
-    assert not job.active, "job did not finish"
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import pytest
 
 from workbench.state.session import Session
 
-from test_gui_circuit import wait_for
+from gui_helpers import wait_for
 
 DEMO = Path(__file__).resolve().parents[1] / "resources" / "demo"
 

@@ -3,24 +3,15 @@ a job, zoom to single bases shows the letters, a click on a peak emits its featu
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from gui_helpers import wait_for
 from PySide6.QtCore import QCoreApplication, QPoint, QPointF, Qt
 
 DEMO = Path(__file__).resolve().parents[1] / "resources" / "demo" / "dna"
-
-
-def wait_for(job, timeout: float = 120.0) -> None:
-    end = time.monotonic() + timeout
-    while job.active and time.monotonic() < end:
-        QCoreApplication.processEvents()
-        time.sleep(0.01)
-    QCoreApplication.processEvents()
-    assert not job.active, "job did not finish"
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ from biollm_engine.errors import BioLLMError
 from .state import files
 from .state.session import Session
 from .views.data import DataPanel
+from .views.drops import FileDrops
 from .views.embedding import EmbeddingView
 from .views.export import ask_figure_path
 from .views.features import FeaturesPanel
@@ -31,7 +32,7 @@ def error_text(e: BaseException) -> str:
     return e.message if isinstance(e, BioLLMError) else f"{type(e).__name__}: {e}"
 
 
-class MainWindow(QMainWindow):
+class MainWindow(FileDrops, QMainWindow):
     def __init__(self, session: Session | None = None, settings: QSettings | None = None):
         super().__init__()
         self.setWindowTitle(TITLE)
@@ -258,14 +259,6 @@ class MainWindow(QMainWindow):
         self.recent_menu.setEnabled(bool(self.recent_files()))
 
     # -- opening things -----------------------------------------------------------------------
-    def dragEnterEvent(self, event) -> None:
-        if event.mimeData().hasUrls():
-            event.acceptProposedAction()
-
-    def dropEvent(self, event) -> None:
-        self.handle_drop(event.mimeData())
-        event.acceptProposedAction()
-
     def handle_drop(self, mime: QMimeData) -> None:
         paths = [u.toLocalFile() for u in mime.urls() if u.isLocalFile()]
         if not paths:

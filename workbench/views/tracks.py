@@ -24,6 +24,7 @@ from biollm_engine.errors import BioLLMError
 
 from ..state.session import Session
 from .dna_feature import DnaFeatureDetail
+from .drops import FileDrops
 from .export import ask_figure_path, export_figure, export_table
 
 log = logging.getLogger("workbench")
@@ -34,7 +35,7 @@ TRACK_PEN = "#333333"
 CLICK_PIXELS = 4  # how far from the pointer a click still finds a peak
 
 
-class TracksPanel(QWidget):
+class TracksPanel(FileDrops, QWidget):
     feature_clicked = Signal(int)
     """a feature's track was clicked on a base where it fires: the feature index"""
 
@@ -346,14 +347,6 @@ class TracksPanel(QWidget):
         self.detail.show()
 
     # -- drag and drop, exports ---------------------------------------------------------------
-    def dragEnterEvent(self, event) -> None:
-        if event.mimeData().hasUrls():
-            event.acceptProposedAction()
-
-    def dropEvent(self, event) -> None:
-        self.handle_drop(event.mimeData())
-        event.acceptProposedAction()
-
     def handle_drop(self, mime) -> None:
         """Open dropped FASTA / GenBank files (the last one stays shown); errors go to the
         status line."""
