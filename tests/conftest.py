@@ -52,3 +52,16 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def collect_qt_garbage_on_the_main_thread(request):
+    """Qt objects a GUI test leaves in reference cycles are collected here, on the main thread.
+    Left to the cyclic GC, they may be destroyed inside a worker thread that happens to trigger a
+    collection: the QObject destructor there waits for the GIL while holding a Qt lock that the
+    main thread, holding the GIL, waits for (seen as a hang in the UMAP worker test)."""
+    yield
+    if "qapp" in request.fixturenames:
+        import gc
+
+        gc.collect()

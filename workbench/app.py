@@ -50,6 +50,11 @@ def create(argv: list[str] | None = None):
 
 def main(argv: list[str] | None = None) -> int:
     app, _window = create(argv)
+    # Collect cycles on the GUI thread only, on a timer: a collection that runs in a worker can
+    # destroy Qt objects there and deadlock against the GUI thread (GIL against a Qt lock).
+    from pyqtgraph.util.garbage_collector import GarbageCollector
+
+    app.garbage_collector = GarbageCollector(interval=1.0)  # lives as long as the app
     return app.exec()
 
 
