@@ -22,6 +22,7 @@ from biollm_engine.errors import BioLLMError
 from ..state.circuit import CircuitRequest, CircuitState, build, edit_cells
 from ..state.session import Session
 from .circuit_graph import NEGATIVE, POSITIVE, GraphItems
+from .errors import guarded, show_error
 from .export import ask_figure_path, export_figure, export_table
 
 log = logging.getLogger("workbench")
@@ -370,38 +371,30 @@ class CircuitPanel(QWidget):
     def ask_export_figure(self) -> None:
         answer = ask_figure_path(self, "circuit.png")
         if answer is not None:
-            self._guard(lambda: self.export_figure(*answer))
+            guarded(lambda: self.export_figure(*answer), self._error)
 
     def ask_export_json(self) -> None:
         path, _ = QFileDialog.getSaveFileName(self, "Export graph JSON", "circuit.json",
                                               "circuit-tracer JSON (*.json)")
         if path:
-            self._guard(lambda: self._needs_graph() and self.state.export_json(path))
+            guarded(lambda: self._needs_graph() and self.state.export_json(path), self._error)
 
     def ask_export_csv(self) -> None:
         path, _ = QFileDialog.getSaveFileName(self, "Export nodes and edges (prefix)",
                                               "circuit_", "CSV prefix (*)")
         if path:
-            self._guard(lambda: self._needs_graph() and self.state.export_csv(path))
+            guarded(lambda: self._needs_graph() and self.state.export_csv(path), self._error)
 
     def ask_export_intervention(self) -> None:
         path, _ = QFileDialog.getSaveFileName(self, "Export intervention", "intervention.csv",
                                               "CSV (*.csv)")
         if path:
-            self._guard(lambda: export_table(self.state.intervention_table(), path))
+            guarded(lambda: export_table(self.state.intervention_table(), path), self._error)
 
     def _needs_graph(self) -> bool:
         if self.state.graph is None:
             raise BioLLMError("no circuit to export yet; build one first.")
         return True
 
-    def _guard(self, fn) -> None:
-        try:
-            out = fn()
-            log.info("written: %s", out)
-        except (BioLLMError, OSError) as e:
-            self._error(e.message if isinstance(e, BioLLMError) else str(e))
-
     def _error(self, text: str) -> None:
-        log.error(text)
-        self.summary.setText(f"<span style='color:#b2182b'>{text}</span>")
+        show_error(self.summary, text)

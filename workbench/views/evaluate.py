@@ -21,6 +21,7 @@ from biollm_engine.evaluation import EvaluateConfig
 
 from ..state.evaluate import EvaluateState, run_evaluation
 from ..state.session import Session
+from .errors import guarded, show_error
 from .export import export_table
 
 log = logging.getLogger("workbench")
@@ -159,12 +160,8 @@ class EvaluatePanel(QWidget):
         path, _ = QFileDialog.getSaveFileName(self, "Export evaluation", "evaluation.csv",
                                               "CSV (*.csv)")
         if path:
-            try:
-                export_table(self.state.table(), path)
-            except (BioLLMError, OSError) as e:
-                self._error(e.message if isinstance(e, BioLLMError) else str(e))
+            guarded(lambda: export_table(self.state.table(), path), self._error)
 
     def _error(self, text: str) -> None:
-        log.error(text)
-        self.summary.setText(f"<span style='color:#b2182b'>{text}</span>")
+        show_error(self.summary, text)
         self.summary.setAlignment(Qt.AlignmentFlag.AlignLeft)

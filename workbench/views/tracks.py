@@ -25,6 +25,7 @@ from biollm_engine.errors import BioLLMError
 from ..state.session import Session
 from .dna_feature import DnaFeatureDetail
 from .drops import FileDrops
+from .errors import guarded, show_error
 from .export import ask_figure_path, export_figure, export_table
 
 log = logging.getLogger("workbench")
@@ -182,7 +183,7 @@ class TracksPanel(FileDrops, QWidget):
         path, _ = QFileDialog.getOpenFileName(self, "Open annotations", "",
                                               "Annotations (*.gb *.gbk *.gff *.gff3 *.bed *.gz)")
         if path:
-            self._guard(lambda: self.open_annotations(path))
+            guarded(lambda: self.open_annotations(path), self._error)
 
     def _record_chosen(self, index: int) -> None:
         if index >= 0 and self.path is not None:
@@ -352,7 +353,7 @@ class TracksPanel(FileDrops, QWidget):
         status line."""
         for url in mime.urls():
             if url.isLocalFile():
-                self._guard(lambda p=url.toLocalFile(): self.open_sequence(p))
+                guarded(lambda p=url.toLocalFile(): self.open_sequence(p), self._error)
 
     def table(self):
         """Per-base values of the shown record: position (0-based), base, one column per
@@ -376,21 +377,13 @@ class TracksPanel(FileDrops, QWidget):
     def ask_export_figure(self) -> None:
         answer = ask_figure_path(self, "tracks.png")
         if answer:
-            self._guard(lambda: self.export_figure(*answer))
+            guarded(lambda: self.export_figure(*answer), self._error)
 
     def ask_export_table(self) -> None:
         path, _ = QFileDialog.getSaveFileName(self, "Export per-base values", "tracks.csv",
                                               "CSV (*.csv);;TSV (*.tsv);;Parquet (*.parquet)")
         if path:
-            self._guard(lambda: export_table(self.table(), path))
-
-    def _guard(self, fn) -> None:
-        try:
-            out = fn()
-            log.info("done: %s", out)
-        except (BioLLMError, OSError) as e:
-            self._error(e.message if isinstance(e, BioLLMError) else str(e))
+            guarded(lambda: export_table(self.table(), path), self._error)
 
     def _error(self, text: str) -> None:
-        log.error(text)
-        self.status.setText(f"<span style='color:#b2182b'>{text}</span>")
+        show_error(self.status, text)
