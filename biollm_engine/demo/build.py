@@ -244,7 +244,7 @@ def build_dictionaries(cfg: DemoBuildConfig, ws: Path, heldout: np.ndarray, prog
                              eval_cells=cfg.dict_eval_cells, **spec)
             written = train(tc, progress=progress, cancel=cancel)
             for hookpoint, folder in written.items():
-                _relative_paths(Path(folder), ws)
+                relative_paths(Path(folder), ws)
                 paths.append(Path(folder).relative_to(ws).as_posix())
                 summary = json.loads((Path(folder) / "cfg.json").read_text()).get("training", {})
                 report[hookpoint] = {k: v for k, v in summary.items() if k != "config"}
@@ -270,7 +270,7 @@ def build_analysis(cfg: DemoBuildConfig, ws: Path, progress=None, cancel=None) -
     return {"cache": CACHE_DIR.as_posix(), "sha256": result.key}
 
 
-def _relative_paths(folder: Path, ws: Path) -> None:
+def relative_paths(folder: Path, ws: Path) -> None:
     """The trainer records where the model, data and output were at build time (a temporary
     folder); record them relative to the dictionary's own folder instead, so that they stay
     right wherever the workspace is moved and name no machine's paths."""

@@ -162,7 +162,7 @@ def _train_sae(cfg: DnaDemoConfig, ws: Path, progress, cancel) -> tuple[str, dic
     from ..inputs.dna import DnaConfig, DnaDataset
     from ..models import load_model
     from ..training import TrainConfig, train
-    from .build import _relative_paths
+    from .build import relative_paths
     from .model import deterministic
 
     hookpoint = f"layers.{cfg.sae_layer}"
@@ -183,7 +183,7 @@ def _train_sae(cfg: DnaDemoConfig, ws: Path, progress, cancel) -> tuple[str, dic
             warmup_steps=max(1, steps // 10), device="cpu", seed=cfg.seed, checkpoint_every=0,
             eval_cells=0), progress=progress, cancel=cancel)
     folder = Path(written[hookpoint])
-    _relative_paths(folder, ws)
+    relative_paths(folder, ws)
     cfg_json = json.loads((folder / "cfg.json").read_text())
     cfg_json["training"]["config"]["cache"] = ("(layer activations over both strands of the "
                                                "training windows, harvested during the build, "
