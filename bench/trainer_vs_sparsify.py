@@ -10,6 +10,8 @@ gradient removal, torch Adam, linear warm-up schedule, dead-latent counters).
 
     python bench/trainer_vs_sparsify.py            # width 1024, 16384 latents, k=32, 4096 tokens
     python bench/trainer_vs_sparsify.py --quick    # small sizes, seconds
+    python bench/trainer_vs_sparsify.py --device cuda --batch 16384   # on a GPU: both under
+        bfloat16 autocast (ours as the trainer runs it, sparsify's own), sparsify's Triton decoder
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ import statistics
 import time
 import warnings
 
-os.environ.setdefault("SPARSIFY_DISABLE_TRITON", "1")
 warnings.filterwarnings("ignore")
 
 import torch  # noqa: E402
@@ -55,17 +56,17 @@ class SparsifyStep:
     """sparsify 1.3.3's trainer loop body for one hookpoint, without the model around it."""
 
     def __init__(self, d: int, latents: int, k: int, warmup: int, total: int, auxk_alpha: float,
-                 dead_threshold: int):
+                 dead_threshold: int, device: str = "cpu"):
         from sparsify import SparseCoder, SparseCoderConfig
         from transformers import get_linear_schedule_with_warmup
 
-        self.sae = SparseCoder(d, SparseCoderConfig(num_latents=latents, k=k), "cpu",
+        self.sae = SparseCoder(d, SparseCoderConfig(num_latents=latents, k=k), device,
                                dtype=torch.float32)
         self.opt = torch.optim.Adam(self.sae.parameters(),
                                     lr=2e-4 / (latents / 2**14) ** 0.5)
         self.sched = get_linear_schedule_with_warmup(self.opt, warmup, total)
         self.auxk_alpha, self.dead_threshold = auxk_alpha, dead_threshold
-        self.since_fired = torch.zeros(latents, dtype=torch.long)
+        self.since_fired = torch.zeros(latents, dtype=torch.long, device=device)
         self.step_i = 0
 
     def step(self, x: torch.Tensor) -> float:
@@ -93,13 +94,22 @@ class SparsifyStep:
         return float(self.sae(x).fvu)
 
 
-def time_matmul(n: int, d: int, latents: int, reps: int = 3) -> float:
-    a, b = torch.randn(n, d), torch.randn(d, latents)
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_matmul(n: int, d: int, latents: int, device: str, reps: int = 3) -> float:
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    a = torch.randn(n, d, device=device, dtype=dtype)
+    b = torch.randn(d, latents, device=device, dtype=dtype)
     a @ b
     times = []
     for _ in range(reps):
+        sync(device)
         t = time.perf_counter()
         a @ b
+        sync(device)
         times.append(time.perf_counter() - t)
     return min(times)
 
@@ -115,30 +125,39 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=8, help="timed steps each")
     p.add_argument("--lr-warmup", type=int, default=5, help="learning-rate warm-up steps")
     p.add_argument("--profile", action="store_true", help="print torch.profiler's table of ours")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
     a = p.parse_args(argv)
+    dev = a.device
+    if dev == "cpu":  # sparsify's Triton decoder is for GPUs; on a CPU it uses its eager one
+        os.environ.setdefault("SPARSIFY_DISABLE_TRITON", "1")
+    autocast = torch.bfloat16 if dev == "cuda" else None
     if a.quick:
         a.d, a.batch, a.steps = 256, 1024, 6
     latents = a.d * a.expansion
     total = a.warmup_steps + a.steps
-    print(f"width {a.d}, {latents} latents, k={a.k}, batch {a.batch} tokens, fp32 CPU, "
-          f"{torch.get_num_threads()} threads; activations: synthetic sparse heavy-tailed "
-          f"features + low-rank + noise")
+    where = (f"bf16 autocast on {torch.cuda.get_device_name()}" if dev == "cuda"
+             else f"fp32 CPU, {torch.get_num_threads()} threads")
+    print(f"width {a.d}, {latents} latents, k={a.k}, batch {a.batch} tokens, {where}; "
+          f"activations: synthetic sparse heavy-tailed features + low-rank + noise")
     data = Activations(a.d)
     torch.manual_seed(0)
-    ours_d = Dictionary(DictionaryConfig(d_in=a.d, num_latents=latents, k=a.k))
-    ours = TrainStep(ours_d, warmup_steps=a.lr_warmup, total_steps=total)
+    ours_d = Dictionary(DictionaryConfig(d_in=a.d, num_latents=latents, k=a.k)).to(dev)
+    ours = TrainStep(ours_d, warmup_steps=a.lr_warmup, total_steps=total, autocast_dtype=autocast)
     torch.manual_seed(0)
     theirs = SparsifyStep(a.d, latents, a.k, a.lr_warmup, total, ours.auxk_alpha,
-                          ours.dead_feature_threshold)
+                          ours.dead_feature_threshold, dev)
     t_ours, t_theirs, c_ours, c_theirs = [], [], [], []
     for i in range(total):
-        x = data.batch(i, a.batch)
+        x = data.batch(i, a.batch).to(dev)
+        sync(dev)
         t, c = time.perf_counter(), time.process_time()
         m = ours.step(x)
+        sync(dev)
         t_ours.append(time.perf_counter() - t)
         c_ours.append(time.process_time() - c)
         t, c = time.perf_counter(), time.process_time()
         f = theirs.step(x)
+        sync(dev)
         t_theirs.append(time.perf_counter() - t)
         c_theirs.append(time.process_time() - c)
         print(f"step {i}: ours {t_ours[-1]:.3f} s wall {c_ours[-1]:.3f} s cpu (fvu "
@@ -148,9 +167,9 @@ def main(argv=None) -> int:
         from torch.profiler import profile
 
         with profile() as prof:
-            ours.step(data.batch(total, a.batch))
+            ours.step(data.batch(total, a.batch).to(dev))
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20))
-    held_out = data.batch(10**6, a.batch)
+    held_out = data.batch(10**6, a.batch).to(dev)
     ours_d.eval()
     with torch.no_grad():
         fvu_ours = float(ours_d(held_out).fvu)
@@ -159,7 +178,7 @@ def main(argv=None) -> int:
     s_theirs = statistics.median(t_theirs[a.warmup_steps:])
     cpu_ratio = statistics.median(c_theirs[a.warmup_steps:]) / statistics.median(
         c_ours[a.warmup_steps:])
-    t_mm = time_matmul(a.batch, a.d, latents)
+    t_mm = time_matmul(a.batch, a.d, latents, dev)
     gflops = 2 * a.batch * a.d * latents / t_mm / 1e9
     tok_ours, tok_theirs = a.batch / s_ours, a.batch / s_theirs
     print(f"dense encoder matmul {a.batch}x{a.d} @ {a.d}x{latents}: {t_mm:.3f} s, "

@@ -3,6 +3,8 @@ outputs (hyena blocks: pre_norm, projections, filter, out_filter_dense, post_nor
 attention blocks: inner_mha_cls with out_proj), through the engine's own hookpoint, capture,
 harvest and dictionary code. The real package needs a CUDA GPU and downloaded weights."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -88,8 +90,17 @@ class AttentionBlock(nn.Module):
         return self.mlp(self.post_norm(u)) + u, None
 
 
+class Lambda(nn.Module):
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x):
+        return self.fn(x)
+
+
 class StripedHyena(nn.Module):
-    """hcs, hcm, mha, hcl: Evo 2's stripes, four blocks deep."""
+    """hcs, hcm, mha, hcl: Evo 2's stripes, four blocks deep, with its tied unembedding."""
 
     def __init__(self):
         super().__init__()
@@ -97,7 +108,7 @@ class StripedHyena(nn.Module):
         self.blocks = nn.ModuleList([ParallelGatedConvBlock(), ParallelGatedConvBlock(),
                                      AttentionBlock(), ParallelGatedConvBlock()])
         self.norm = RMSNorm()
-        self.unembed = nn.Linear(D, VOCAB, bias=False)
+        self.unembed = Lambda(lambda u: u @ self.embedding_layer.weight.T)
 
     def forward(self, x, inference_params_dict=None, padding_mask=None):
         x = self.embedding_layer(x)
@@ -127,6 +138,19 @@ def test_hookpoints_resolve_to_evo2_module_paths(lm):
     assert paths["layers.3.mlp.out"] == ("model.blocks.3.mlp", "output")
     with pytest.raises(BioLLMError, match="layers.0..layers.3"):
         resolve_hookpoint(lm, "layers.4")
+
+
+def test_logit_lens_reads_the_tied_unembedding_and_norm_scale(lm):
+    from biollm_engine.analysis.logit_lens import unembedding
+
+    body = lm.model.model
+    with torch.no_grad():
+        body.norm.scale.copy_(torch.linspace(0.5, 1.5, D))
+    W_U, g = unembedding(lm)
+    torch.testing.assert_close(W_U, body.embedding_layer.weight)
+    torch.testing.assert_close(g, body.norm.scale.detach())
+    h = torch.randn(3, D)
+    torch.testing.assert_close(body.unembed(h), h @ W_U.T)
 
 
 def test_captured_activations_decompose_the_residual_stream(lm):
@@ -190,9 +214,19 @@ def test_harvest_and_goodfire_sae_through_the_adapter(lm, tmp_path):
 
 
 def test_real_evo2_missing_is_one_clear_error(tmp_path, capsys):
+    import importlib.util
+
     from biollm_engine.models import load_model
 
-    with pytest.raises(BioLLMError, match=r"pip install 'biollm-workbench\[evo2\]'"):
+    # whichever is missing here (the package, a GPU, or the weights, never downloaded in tests)
+    # is named with what to do
+    if importlib.util.find_spec("evo2") is None:
+        missing = r"evo2 package, which is not installed: pip install 'biollm-workbench\[evo2\]'"
+    elif not torch.cuda.is_available():
+        missing = "runs only on a CUDA GPU"
+    else:
+        missing = r"not in the Hugging Face cache .*huggingface-cli download arcinstitute/evo2_7b"
+    with pytest.raises(BioLLMError, match=missing):
         load_model("evo2:evo2_7b")
     fasta = tmp_path / "x.fa"
     fasta.write_text(f">x\n{SEQ}\n")
@@ -202,4 +236,4 @@ def test_real_evo2_missing_is_one_clear_error(tmp_path, capsys):
                  "--features", "0", "--hookpoint", "layers.2", "--out",
                  str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
-    assert "evo2 package" in err and len(err.strip().splitlines()) == 1
+    assert re.search(missing, err) and len(err.strip().splitlines()) == 1

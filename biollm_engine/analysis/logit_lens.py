@@ -34,6 +34,7 @@ def unembedding(lm):
     if lm.arch.final_norm:
         norm = lm.module(lm.arch.final_norm)
         w = getattr(norm, "weight", None)
+        w = getattr(norm, "scale", None) if w is None else w  # Evo 2's RMSNorm
         if w is not None:
             g = w.detach().float()
             if type(norm).__name__.startswith("Gemma"):  # Gemma RMSNorm scales by (1 + weight)

@@ -5,6 +5,9 @@ StripedHyena keeps its blocks in `blocks`: hyena blocks (`pre_norm`, `filter`, `
 `post_norm`, `mlp`); each returns (residual stream, state). The mixer's contribution is
 `out_filter_dense` (hyena) or `inner_mha_cls` (attention); the MLP reads `post_norm`'s output.
 Tokens are bytes (CharLevelTokenizer: A=65, C=67, G=71, T=84; 0 end of document, 1 padding).
+Evo 2 ties its unembedding to the embedding (`unembed` is then a weightless Lambda over
+`embedding_layer.unembed`), so the unembedding matrix is read from `embedding_layer`; its RMSNorm
+keeps its gain in `scale`.
 
 Name a model `evo2:<model name>` (e.g. `evo2:evo2_7b`), or `evo2:<model name>:<weights.pt>`
 for a checkpoint already on disk.
@@ -83,10 +86,15 @@ def _body_class():
 def wrap_striped_hyena(model, name: str, device: str, dtype: str,
                        tokenizer=None) -> LoadedModel:
     """A LoadedModel over a StripedHyena module tree (the real one, or a stand-in in tests)."""
+    import dataclasses
+
     body = _body_class()(model)
     body.eval()
     body.requires_grad_(False)
-    arch = bind_architecture(EVO2, body)
+    arch = EVO2
+    if getattr(body.get_submodule(EVO2.unembed), "weight", None) is None:
+        arch = dataclasses.replace(EVO2, unembed=EVO2.embed)  # tie_embeddings: True
+    arch = bind_architecture(arch, body)
     emb = body.get_submodule(arch.embed)
     d_model = int(getattr(emb, "embedding_dim", 0) or emb.weight.shape[1])
     return LoadedModel(model=body, tokenizer=tokenizer or ByteTokenizer(), arch=arch, name=name,
@@ -120,9 +128,12 @@ def load_evo2(spec: str) -> LoadedModel:
     try:
         evo = Evo2(name, local_path=local or None)
     except Exception as e:  # hub, checkpoint and CUDA errors all end here
+        get = (f"download the weights (huggingface-cli download arcinstitute/{name}) and give "
+               f"the .pt as evo2:{name}:<path>")
+        if not local and type(e).__module__.startswith("huggingface_hub"):
+            raise BioLLMError(f"the weights of Evo 2 {name} are not in the Hugging Face cache and "
+                              f"could not be downloaded ({type(e).__name__}); {get}.") from None
         text = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise BioLLMError(f"could not load Evo 2 {name} ({text}); download the weights "
-                          f"(huggingface-cli download arcinstitute/{name}) and give the .pt as "
-                          f"evo2:{name}:<path>.") from None
+        raise BioLLMError(f"could not load Evo 2 {name} ({text}); {get}.") from None
     device = str(next(evo.model.parameters()).device)
     return wrap_striped_hyena(evo.model, PREFIX + spec, device, "bfloat16")
