@@ -70,3 +70,40 @@ def test_dictionary_that_does_not_fit_is_refused(setup):
                                         hookpoint="layers.0"))
     with pytest.raises(BioLLMError, match="no hookpoint 'layers.0'"):
         next(encode_cache(cache, other))
+
+
+@pytest.mark.parametrize("activation", ["relu", "jumprelu", "topk", "batchtopk", "untrained"])
+def test_chosen_features_equal_those_columns_of_the_full_encoding(setup, activation):
+    """Tracks encode only the features they draw; each rule must give the full encoding's
+    values for them (BatchTopK before training picks over the batch, so it encodes all)."""
+    from biollm_engine.analysis.encode import FeatureEncoder
+
+    lm, ds, _, cache = setup
+    x = cache.read("layers.1", 0, 400)
+    torch.manual_seed(3)
+    kind = "batchtopk" if activation == "untrained" else activation
+    d = Dictionary(DictionaryConfig(kind="sae", activation=kind, d_in=64, num_latents=48, k=6,
+                                    hookpoint="layers.1")).eval()
+    with torch.no_grad():  # thresholds where some of these tokens pass
+        pre = d.pre_acts(x)
+        if activation == "jumprelu":
+            d.threshold.copy_(torch.quantile(pre, 0.8, dim=0))
+        if activation == "batchtopk":
+            d.threshold.fill_(float(torch.quantile(pre, 0.9)))
+    feats = [7, 2, 40, 0]
+    enc = FeatureEncoder(d, feats)
+    assert enc.elementwise == (activation in ("relu", "jumprelu", "batchtopk"))
+    full = encode_activations(d, x, batch_size=len(x))[:, feats].toarray()
+    mine = enc(x).numpy()
+    assert mine.dtype == np.float32 and mine.shape == (400, 4)
+    np.testing.assert_array_equal(mine > 0, full > 0)
+    np.testing.assert_allclose(mine, full, rtol=1e-5, atol=1e-6)
+    assert (full > 0).any()
+    live = list(encode_live(lm, ds.examples(lm.tokenizer, indices=CELLS[:6]), d, batch_size=3,
+                            features=feats))
+    whole = list(encode_live(lm, ds.examples(lm.tokenizer, indices=CELLS[:6]), d, batch_size=3))
+    for a, b in zip(live, whole):
+        np.testing.assert_allclose(a.acts.toarray(), b.acts[:, feats].toarray(), rtol=1e-5,
+                                   atol=1e-6)
+    with pytest.raises(BioLLMError, match="feature 48 is out of range"):
+        next(encode_live(lm, ds.examples(lm.tokenizer, indices=[0]), d, features=[1, 48]))

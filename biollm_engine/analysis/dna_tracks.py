@@ -123,9 +123,10 @@ def run_tracks(cfg: TracksConfig, progress: ProgressCallback | None = None,
         check_records(ann, names, cfg.annotations)
     span = None if tok == "byte" else token_spans(lm.tokenizer)
 
-    def chunks():
+    def chunks(features=None):
         return encode_live(lm, data.examples(lm.tokenizer), dictionary, hookpoint,
-                           cfg.batch_size, progress=progress, cancel=cancel, total=len(data))
+                           cfg.batch_size, progress=progress, cancel=cancel, total=len(data),
+                           features=features)
 
     if chosen is None:
         chosen = _top_features(chunks(), cfg.top)
@@ -135,11 +136,10 @@ def run_tracks(cfg: TracksConfig, progress: ProgressCallback | None = None,
     types = annotation_types(ann) if ann is not None else []
     stats = BaseStats(chosen, types, top=max(cfg.top_windows, 50))
     window_max = np.zeros((len(data), len(chosen)), np.float32)  # 4 bytes per window x feature
-    feats = np.asarray(chosen)
 
-    def tapped():
-        for chunk in chunks():
-            sub = chunk.acts[:, feats].tocoo()
+    def tapped():  # chunks of the chosen features' columns only
+        for chunk in chunks(chosen):
+            sub = chunk.acts.tocoo()
             np.maximum.at(window_max, (chunk.sources.record[sub.row], sub.col), sub.data)
             yield chunk
 
@@ -148,8 +148,8 @@ def run_tracks(cfg: TracksConfig, progress: ProgressCallback | None = None,
     with contextlib.ExitStack() as stack:
         writers = [stack.enter_context(BedGraphWriter(p, name=f"feature_{f}"))
                    for p, f in zip(paths, chosen)]
-        for record, start, vals in stream_tracks(tapped(), chosen, data.windows_table(),
-                                                 lengths, span):
+        for record, start, vals in stream_tracks(tapped(), range(len(chosen)),
+                                                 data.windows_table(), lengths, span):
             chrom = _chrom(names[record])
             for i, w in enumerate(writers):
                 w.write(chrom, start, vals[i])
@@ -214,16 +214,18 @@ def record_tracks(model: str, data: str, dictionary: str, record: int = 0,
     indices = table.index[table["record"] == record].tolist()
     span = None if tokenizer == "byte" else token_spans(lm.tokenizer)
 
-    def chunks():
+    def chunks(features=None):
         return encode_live(lm, ds.examples(lm.tokenizer, indices=indices), sae, hookpoint,
-                           batch_size, progress=progress, cancel=cancel, total=len(indices))
+                           batch_size, progress=progress, cancel=cancel, total=len(indices),
+                           features=features)
 
     features = list(features) if features else _top_features(chunks(), top)
     if max(features) >= sae.num_latents or min(features) < 0:
         raise BioLLMError(f"feature {max(features)} is out of range; the dictionary has "
                           f"{sae.num_latents} features.")
     n = int(ds.records["length"][record])
-    values = base_tracks(chunks(), features, {record: n}, span, table)[record]
+    values = base_tracks(chunks(features), range(len(features)), {record: n}, span,
+                         table)[record]
     return RecordTracks(str(ds.records["name"][record]), features, values)
 
 

@@ -18,14 +18,22 @@ from .chunks import SOURCE_FIELDS, EncodedChunk, TokenSources
 
 
 def sparse_from_topk(values, indices, num_features: int) -> sp.csr_matrix:
-    """(values, indices) [N, k] (zeros allowed as padding) -> CSR [N, num_features]."""
+    """(values, indices) [N, k] (zeros allowed as padding) -> CSR [N, num_features], indices
+    sorted in each row."""
     values = np.asarray(values, dtype=np.float32)
     indices = np.asarray(indices, dtype=np.int64)
     n, k = values.shape
-    m = sp.csr_matrix((values.ravel(), indices.ravel().astype(np.int32),
-                       np.arange(0, n * k + 1, k)), shape=(n, num_features))
-    m.sum_duplicates()  # sorts indices; padding zeros may repeat an index
-    m.eliminate_zeros()
+    keep = values != 0
+    if keep.all():
+        m = sp.csr_matrix((values.ravel(), indices.ravel().astype(np.int32),
+                           np.arange(0, n * k + 1, k)), shape=(n, num_features))
+    else:  # padding dropped before scipy sorts: ReLU-style rows pad to the longest row
+        indptr = np.zeros(n + 1, np.int64)
+        np.cumsum(keep.sum(axis=1), out=indptr[1:])
+        m = sp.csr_matrix((values[keep], indices[keep].astype(np.int32), indptr),
+                          shape=(n, num_features))
+    m.sum_duplicates()  # sorts indices; a padding scheme may repeat an index
+    m.eliminate_zeros()  # duplicates may cancel
     return m
 
 
@@ -70,12 +78,66 @@ def encode_cache(cache, dictionary, hookpoint: str | None = None, chunk_tokens: 
         tracker.update(steps=stop - start, tokens=stop - start)
 
 
+class FeatureEncoder:
+    """Activations of chosen features only: dense float32 [N, len(features)], equal to those
+    columns of `encode_activations`.
+
+    Latents that fire by a per-latent rule (ReLU, JumpReLU, BatchTopK past its training, with
+    its inference threshold) need only the chosen rows of the encoder, so the cost no longer
+    grows with the dictionary's width; TopK compares latents, so it encodes all and picks.
+    """
+
+    def __init__(self, dictionary, features):
+        import torch
+
+        self.dictionary = d = dictionary
+        self.features = torch.as_tensor(np.asarray(features, dtype=np.int64), device=d.device)
+        act = d.cfg.activation
+        self.elementwise = act in ("relu", "jumprelu") or (
+            act == "batchtopk" and not d.training and float(d.threshold) >= 0)
+        if self.elementwise:
+            f = self.features
+            self.W = d._W_enc()[f].T.contiguous()
+            self.b = d.b_enc[f]
+            self.threshold = (d.threshold[f] if act == "jumprelu" else
+                              d.threshold.clamp_min(0) if act == "batchtopk" else
+                              torch.zeros((), dtype=d.dtype, device=d.device))
+        else:
+            col = torch.full((d.num_latents,), -1, dtype=torch.long, device=d.device)
+            col[self.features] = torch.arange(len(self.features), device=d.device)
+            self.column = col
+
+    def __call__(self, x):
+        """x [N, d_in] -> torch float32 [N, F] on the dictionary's device."""
+        import torch
+
+        d = self.dictionary
+        with torch.inference_mode():
+            x = torch.as_tensor(x).to(d.device, d.dtype)
+            if self.elementwise:
+                x2, _ = d._flat(x, d.cfg.d_in, "input")
+                pre = torch.addmm(self.b, d._input(x2), self.W)
+                return (pre * (pre > self.threshold)).float()
+            vals, idx = d.encode_sparse(x)
+            cols = self.column[idx]
+            hit = cols >= 0
+            out = torch.zeros(len(x), len(self.features), dtype=torch.float32, device=d.device)
+            rows = torch.arange(len(x), device=d.device)[:, None].expand_as(idx)
+            # summed like `sparse_from_topk`, should padding repeat an index
+            out.index_put_((rows[hit], cols[hit]), vals[hit].float(), accumulate=True)
+            return out
+
+
 def encode_live(lm, examples: Iterable, dictionary, hookpoint: str | None = None,
                 batch_size: int = 8, max_length: int | None = None,
                 progress: ProgressCallback | None = None, cancel: CancelToken | None = None,
-                total: int | None = None) -> Iterator[EncodedChunk]:
+                total: int | None = None, features=None) -> Iterator[EncodedChunk]:
     """Run the model on tokenized examples and encode the kept tokens at the hookpoint, in the
-    same token order a harvest writes (so it equals `encode_cache` on that harvest)."""
+    same token order a harvest writes (so it equals `encode_cache` on that harvest).
+
+    With `features`, each chunk holds only those features' columns, in that order (see
+    `FeatureEncoder`: cheaper when few of a wide dictionary's features are wanted).
+    """
     import torch
 
     from ..dictionaries.formats import check_fits
@@ -84,11 +146,24 @@ def encode_live(lm, examples: Iterable, dictionary, hookpoint: str | None = None
 
     hp = resolve_hookpoint(lm, hookpoint or dictionary.cfg.hookpoint)
     check_fits(dictionary, hp.width)
+    if features is not None:
+        features = np.asarray(features, dtype=np.int64)
+        bad = features[(features < 0) | (features >= dictionary.num_latents)]
+        if len(bad):
+            raise BioLLMError(f"feature {int(bad[0])} is out of range; the dictionary has "
+                              f"{dictionary.num_latents} features.")
+        encoder = FeatureEncoder(dictionary, features)
+
+        def encode(x):
+            return sp.csr_matrix(encoder(x).cpu().numpy())
+    else:
+        def encode(x):
+            return encode_activations(dictionary, x)
     tracker = ProgressTracker("encode", total=total, callback=progress, cancel=cancel)
     start = 0
     for acts, src, n_examples in kept_activations(lm, examples, [hp.name], batch_size, max_length,
                                                   dtype=torch.float32):
         sources = TokenSources(*(src[name].numpy() for name in SOURCE_FIELDS))
-        yield EncodedChunk(encode_activations(dictionary, acts[hp.name]), sources, start)
+        yield EncodedChunk(encode(acts[hp.name]), sources, start)
         start += len(sources)
         tracker.update(steps=n_examples, tokens=len(sources))
