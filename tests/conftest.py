@@ -5,6 +5,9 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# tests compare with sparsify on the CPU, where its Triton decoder (chosen at import wherever
+# triton is installed, as on GPU machines) cannot run
+os.environ.setdefault("SPARSIFY_DISABLE_TRITON", "1")
 # what the workbench computes on the read-only bundled demo goes to the user's cache: in tests, a
 # throw-away one
 os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="biollm-test-cache-")

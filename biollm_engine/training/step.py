@@ -84,17 +84,18 @@ class TrainStep:
             with torch.no_grad():
                 live = out.latent_acts > 0
                 self._pending_fired[out.latent_indices[live]] = True
-                sums["active"] += int(live.sum())
-            sums["loss"] += float(loss.detach())
-            sums["fvu"] += float(out.fvu)
-            sums["auxk_loss"] += float(out.auxk_loss)
+                # one device sync for the four numbers
+                vals = torch.stack([loss.detach().double(), out.fvu.detach().double(),
+                                    out.auxk_loss.detach().double(), live.sum().double()]).tolist()
+            for key, v in zip(("loss", "fvu", "auxk_loss", "active"), vals):
+                sums[key] += v
         self._pending_tokens += n
         self.tokens += n
         self.num_calls += 1
         lr = self.optimizer.param_groups[0]["lr"]
         if self.num_calls % self.grad_accum_steps == 0:
             self._update()
-        return {"loss": sums["loss"], "fvu": sums["fvu"], "l0": sums["active"] / max(1, n),
+        return {"loss": sums["loss"], "fvu": sums["fvu"], "l0": int(sums["active"]) / max(1, n),
                 "dead_frac": float(self.dead_mask.float().mean()),
                 "auxk_loss": sums["auxk_loss"], "lr": lr, "step": self.num_steps,
                 "tokens": self.tokens}
