@@ -2,14 +2,20 @@
 
 Each is a single pass over a chunk's non-zeros with cache-resident buffers: numpy's vectorised
 equivalents need several passes, sorts of combined int64 keys, or scatters into large tables,
-and ran at a fifth of the speed of reading the activation cache. All release the GIL, so the
-per-cell and per-gene work runs on a second thread beside the per-feature pass.
+and ran at a fifth of the speed of reading the activation cache. Per-group reductions (a cell's
+or a gene's columns) add into dense per-column buffers and mark the columns they touch in a
+bitmap, which gives them back in column order for the cost of the touched columns plus one
+word per 64 columns (a list of touched columns made each update wait on the previous one, and
+then needed a sort or a scan of every column). All release the GIL.
 """
 
 from __future__ import annotations
 
 import numpy as np
 from numba import njit
+from numba.cpython.unsafe.numbers import trailing_zeros
+
+_ONE = np.uint64(1)
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -33,64 +39,35 @@ def _insert(top_v, top_i, g, v, i):  # pragma: no cover - compiled
 @njit(cache=True, nogil=True)
 def topk_insert(top_v, top_i, groups, values, ids):  # pragma: no cover - compiled
     """Insert (group, value, id) into per-group lists [G, K] sorted best first (larger value,
-    then smaller id); unfilled slots hold id -1. A value below its group's K-th is one compare."""
+    then smaller id); unfilled slots hold value -inf and id -1. A value below its group's K-th
+    is one compare."""
     for j in range(len(groups)):
         _insert(top_v, top_i, groups[j], values[j], ids[j])
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _add_to_buffers(cnt, vmax, vsum, touched, t, c, mx, sm, k):  # pragma: no cover - compiled
-    """Add to column c of dense per-column buffers a max `mx`, a sum `sm` and a count `k` (one
-    value v: v, v, 1); -> touched columns. Branch-free: a branch on "first time this column" is
-    mispredicted so often it costs 3x the whole update."""
-    touched[t] = c
-    t += cnt[c] == 0
-    cnt[c] += k
-    vmax[c] = max(vmax[c], mx)
-    vsum[c] += sm
-    return t
+def _mark(bits, c):  # pragma: no cover - compiled
+    bits[c >> 6] |= _ONE << np.uint64(c & 63)
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _drain(cnt, vmax, vsum, touched, t, out_cols, out_max, out_sum, out_cnt, m, scale, ordered
-           ):  # pragma: no cover - compiled
-    """Write the buffers' touched columns from `m` on (in column order if `ordered`, else in
-    the order first touched; sum times `scale`; counts only if `out_cnt` is not empty) and
-    clear them for the next group; -> new m."""
-    F = cnt.shape[0]
-    if not ordered:
-        pass
-    elif t * 64 > F:  # a branch-free scan of all columns is cheaper than a sort
-        q = 0
-        for c in range(F):
-            touched[q] = c
-            q += cnt[c] != 0
-    else:
-        touched[:t] = np.sort(touched[:t])
-    for q in range(t):
-        c = touched[q]
-        out_cols[m + q] = c
-        out_max[m + q] = vmax[c]
-        out_sum[m + q] = vsum[c] * scale
-        if len(out_cnt):
-            out_cnt[m + q] = cnt[c]
-        cnt[c] = 0
-        vmax[c] = -np.inf
-        vsum[c] = 0.0
-    return m + t
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _emit_cell(cell, cnt, touched, cmax, csum, out_row, out_len, out_cols, out_max, out_mean,
-               n, m):  # pragma: no cover - compiled
-    """Write the held cell (record, gene tokens, its columns with max and mean); -> (n, m)."""
-    out_row[n, 0] = cell[0]
-    out_row[n, 1] = cell[2]
-    out_len[n] = cell[1]
-    m = _drain(cnt, cmax, csum, touched, cell[1], out_cols, out_max, out_mean, out_row[:0, 0], m,
-               1.0 / cell[2], True)
-    cell[0], cell[1], cell[2] = -1, 0, 0
-    return n + 1, m
+def _drain(bits, a, b, a_empty, scale, out_cols, out_a, out_b, m):  # pragma: no cover
+    """Write the columns marked in `bits` from `m` on, in order, with `a[c]` and `b[c] * scale`,
+    and reset them (a to `a_empty`, b to 0, bits cleared); -> new m."""
+    for w in range(len(bits)):
+        x = bits[w]
+        if x:
+            bits[w] = 0
+            while x:
+                c = (w << 6) + np.int64(trailing_zeros(x))
+                x &= x - _ONE
+                out_cols[m] = c
+                out_a[m] = a[c]
+                out_b[m] = b[c] * scale
+                a[c] = a_empty
+                b[c] = 0
+                m += 1
+    return m
 
 
 @njit(cache=True, nogil=True)
@@ -102,12 +79,11 @@ def feature_pass(hist, act_sum, act_max, top_v, top_i, indptr, cols, vals, bits,
     nb = hist.shape[0]
     K = top_v.shape[1]
     F = act_sum.shape[0]
-    # the K-th best of each feature in a small array: most values stop at one compare there
-    thr = np.full(F, np.inf if K == 0 else -np.inf, np.float32)
+    # the K-th best of each feature (-inf while unfilled) in a small array: most values stop at
+    # one compare there
+    thr = np.full(F, np.inf, np.float32)
     if K:
-        for f in range(F):
-            if top_i[f, K - 1] >= 0:
-                thr[f] = top_v[f, K - 1]
+        thr[:] = top_v[:, K - 1]
     for r in range(len(indptr) - 1):
         for j in range(indptr[r], indptr[r + 1]):
             f, v = cols[j], vals[j]
@@ -115,47 +91,59 @@ def feature_pass(hist, act_sum, act_max, top_v, top_i, indptr, cols, vals, bits,
             hist[min(max(b, 0), nb - 1), f] += 1
             act_sum[f] += v
             act_max[f] = max(act_max[f], v)
-            if v >= thr[f]:
+            if v >= thr[f] and K:
                 _insert(top_v, top_i, f, v, r + start)
-                if top_i[f, K - 1] >= 0:
-                    thr[f] = top_v[f, K - 1]
+                thr[f] = top_v[f, K - 1]
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _emit_cell(cell, bits, cmax, csum, out_row, out_len, out_cols, out_max, out_mean, n, m
+               ):  # pragma: no cover - compiled
+    """Write the held cell (record, gene tokens, its columns with max and mean); -> (n, m)."""
+    out_row[n, 0] = cell[0]
+    out_row[n, 1] = cell[1]
+    end = _drain(bits, cmax, csum, -np.inf, 1.0 / cell[1], out_cols, out_max, out_mean, m)
+    out_len[n] = end - m
+    cell[0], cell[1] = -1, 0
+    return n + 1, end
 
 
 @njit(cache=True, nogil=True)
-def cell_pass(indptr, cols, vals, record, unit, cell, cnt, touched, cmax, csum, out_row, out_len,
+def cell_pass(indptr, cols, vals, record, unit, cell, bits, cmax, csum, out_row, out_len,
               out_cols, out_max, out_mean):  # pragma: no cover - compiled
     """Per-cell max and mean of a CSR chunk over its rows with unit >= 0.
 
-    Each column's max and sum go to dense buffers (`cnt` zero, `cmax` -inf, `csum` zero where
-    untouched); `cell` = (record, touched columns, gene tokens) of the cell held there, which
-    goes on in the next chunk. A cell is written out when a gene row of another record arrives:
-    `out_row[n] = (record, gene tokens)`, and its `out_len[n]` columns in order with max and
-    mean. Returns (cells written, entries written).
+    Each column's max and sum go to dense buffers (`cmax` -inf, `csum` zero where untouched,
+    touched columns marked in `bits`); `cell` = (record, gene tokens) of the cell held there,
+    which goes on in the next chunk. A cell is written out when a gene row of another record
+    arrives: `out_row[n] = (record, gene tokens)`, and its `out_len[n]` columns in order with
+    max and mean. Returns (cells written, entries written).
     """
     n, m = 0, 0
     for r in range(len(indptr) - 1):
         if unit[r] >= 0:
             if record[r] != cell[0]:
                 if cell[0] >= 0:
-                    n, m = _emit_cell(cell, cnt, touched, cmax, csum, out_row, out_len,
-                                      out_cols, out_max, out_mean, n, m)
+                    n, m = _emit_cell(cell, bits, cmax, csum, out_row, out_len, out_cols,
+                                      out_max, out_mean, n, m)
                 cell[0] = record[r]
-            cell[2] += 1
-            t = cell[1]
+            cell[1] += 1
             for j in range(indptr[r], indptr[r + 1]):
-                t = _add_to_buffers(cnt, cmax, csum, touched, t, cols[j], vals[j], vals[j], 1)
-            cell[1] = t
+                c, v = cols[j], vals[j]
+                _mark(bits, c)
+                cmax[c] = max(cmax[c], v)
+                csum[c] += v
     return n, m
 
 
 @njit(cache=True, nogil=True)
-def cell_flush(cell, cnt, touched, cmax, csum, out_row, out_len, out_cols, out_max, out_mean
+def cell_flush(cell, bits, cmax, csum, out_row, out_len, out_cols, out_max, out_mean
                ):  # pragma: no cover - compiled
     """Write out the held cell, if any (see `cell_pass`)."""
     if cell[0] < 0:
         return 0, 0
-    return _emit_cell(cell, cnt, touched, cmax, csum, out_row, out_len, out_cols, out_max,
-                      out_mean, 0, 0)
+    return _emit_cell(cell, bits, cmax, csum, out_row, out_len, out_cols, out_max, out_mean,
+                      0, 0)
 
 
 @njit(cache=True, nogil=True)
@@ -183,39 +171,33 @@ def group_scatter(group, indptr, cols, vals, fill, bcols, bvals):  # pragma: no 
 
 
 @njit(cache=True, nogil=True)
-def merge_parts(parts, cols, vmax, vsum, count, num_cols, ordered):  # pragma: no cover
-    """Per row, per column: max, float64 sum and count of CSR parts [G, num_cols] held end to
-    end in (cols, max, sum, count): row g of part p is [parts[p, g], parts[p, g + 1]). An empty
-    `count` stands for raw values (max = sum = the value, count 1). Each row is reduced in
-    dense per-column buffers. -> one CSR part (indptr, cols, max, sum, count), columns in order
-    if `ordered` (only the final result needs them sorted), else as first met."""
-    return _reduce_parts(parts, cols, vmax, vsum, count, num_cols, ordered)
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _reduce_parts(parts, cols, vmax, vsum, count, F, ordered):  # pragma: no cover - compiled
+def merge_parts(parts, cols, vsum, count, num_cols):  # pragma: no cover - compiled
+    """Per row, per column: float64 sum and count of CSR parts [G, num_cols] held end to end in
+    (cols, sum, count): row g of part p is [parts[p, g], parts[p, g + 1]). An empty `count`
+    stands for raw values (count 1 each). -> one CSR part (indptr, cols, sum, count), each
+    row's columns in order."""
     P, G = parts.shape[0], parts.shape[1] - 1
-    bmax = np.full(F, -np.inf, np.float32)
-    bsum = np.zeros(F, np.float64)
-    bcnt = np.zeros(F, np.int64)
-    touched = np.empty(F + 1, np.int64)
     n = 0
     for p in range(P):
         n += parts[p, G] - parts[p, 0]
+    bsum = np.zeros(num_cols, np.float64)
+    bcnt = np.zeros(num_cols, np.int64)
+    bits = np.zeros((num_cols + 63) // 64, np.uint64)
     indptr = np.zeros(G + 1, np.int64)
+    n = min(n, G * num_cols)
     out_cols = np.empty(n, np.int32)
-    out_max = np.empty(n, np.float32)
     out_sum = np.empty(n, np.float64)
     out_cnt = np.empty(n, np.int64)
     raw = len(count) == 0
     m = 0
     for g in range(G):
-        t = 0
         for p in range(P):
             for j in range(parts[p, g], parts[p, g + 1]):
-                t = _add_to_buffers(bcnt, bmax, bsum, touched, t, cols[j], vmax[j], vsum[j],
-                                    1 if raw else count[j])
-        m = _drain(bcnt, bmax, bsum, touched, t, out_cols, out_max, out_sum, out_cnt, m, 1.0,
-                   ordered)
+                c = cols[j]
+                _mark(bits, c)
+                bcnt[c] += 1 if raw else count[j]
+                bsum[c] += vsum[j]
+        m = _drain(bits, bcnt, bsum, 0, 1.0, out_cols, out_cnt, out_sum, m)
         indptr[g + 1] = m
-    return indptr, out_cols[:m].copy(), out_max[:m].copy(), out_sum[:m].copy(), out_cnt[:m].copy()
+    # views, not copies: the room past m was never written, so it holds no memory
+    return indptr, out_cols[:m], out_sum[:m], out_cnt[:m]

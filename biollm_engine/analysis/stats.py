@@ -94,9 +94,8 @@ class _Cells:
 
     def __init__(self, num_features: int):
         F = self.F = num_features
-        self.cell = np.array([-1, 0, 0], np.int64)  # held record, touched columns, gene tokens
-        self.count = np.zeros(F, np.int32)  # dense buffers of the held cell
-        self.touched = np.empty(F + 1, np.int64)
+        self.cell = np.array([-1, 0], np.int64)  # held record, its gene tokens
+        self.bits = np.zeros((F + 63) // 64, np.uint64)  # dense buffers of the held cell
         self.cmax = np.full(F, -np.inf, np.float32)
         self.csum = np.zeros(F, np.float64)
         self.rows = (np.empty((0, 2), np.int64), np.empty(0, np.int64))
@@ -108,7 +107,7 @@ class _Cells:
         non-zeros (the held cell's columns come on top)."""
         self.rows = tuple(_grown(a, self.n, self.n + rows + 1) for a in self.rows)
         self.entries = tuple(_grown(a, self.m, self.m + nnz + self.F) for a in self.entries)
-        return ((self.cell, self.count, self.touched, self.cmax, self.csum)
+        return ((self.cell, self.bits, self.cmax, self.csum)
                 + tuple(a[self.n:] for a in self.rows) + tuple(a[self.m:] for a in self.entries))
 
     def keep(self, n: int, m: int) -> None:
@@ -172,35 +171,30 @@ class _Worker(threading.Thread):
         return self.out
 
 
-def _reduce_rows(parts: np.ndarray, cols, vmax, vsum, count, F: int, ordered: bool
-                 ) -> tuple[np.ndarray, ...]:
+def _reduce_rows(parts: np.ndarray, cols, vsum, count, F: int) -> tuple[np.ndarray, ...]:
     """`kernels.merge_parts`; when large, its rows split in two halves of about equal
     non-zeros, one of them on a second thread."""
     G = parts.shape[1] - 1
     if G < 2 or (parts[:, -1] - parts[:, 0]).sum() < THREAD_NNZ:
-        return merge_parts(parts, cols, vmax, vsum, count, F, ordered)
+        return merge_parts(parts, cols, vsum, count, F)
     sizes = np.cumsum((parts[:, 1:] - parts[:, :-1]).sum(axis=0))
     h = min(int(np.searchsorted(sizes, sizes[-1] / 2)) + 1, G - 1)  # rows [0, h) and [h, G)
-    worker = _Worker(merge_parts, np.ascontiguousarray(parts[:, h:]), cols, vmax, vsum, count, F,
-                     ordered)
+    worker = _Worker(merge_parts, np.ascontiguousarray(parts[:, h:]), cols, vsum, count, F)
     try:
-        a = merge_parts(np.ascontiguousarray(parts[:, :h + 1]), cols, vmax, vsum, count, F,
-                        ordered)
+        a = merge_parts(np.ascontiguousarray(parts[:, :h + 1]), cols, vsum, count, F)
     finally:
         b = worker.result()
     return ((np.concatenate([a[0], b[0][1:] + a[0][-1]]),)
             + tuple(np.concatenate(x) for x in zip(a[1:], b[1:])))
 
 
-def _merge_units(parts: list[tuple[np.ndarray, ...]], F: int, ordered: bool = False
-                 ) -> tuple[np.ndarray, ...]:
-    """One CSR part (indptr, cols, max, sum, count) from several (of any number of rows)."""
+def _merge_units(parts: list[tuple[np.ndarray, ...]], F: int) -> tuple[np.ndarray, ...]:
+    """One CSR part (indptr, cols, sum, count) from several (of any number of rows)."""
     G = max(len(p[0]) for p in parts) - 1
     offsets = np.cumsum([0] + [len(p[1]) for p in parts])
     indptrs = np.stack([np.pad(p[0], (0, G + 1 - len(p[0])), mode="edge") + o
                         for p, o in zip(parts, offsets)])
-    return _reduce_rows(indptrs, *(np.concatenate(x) for x in list(zip(*parts))[1:]), F,
-                        ordered)
+    return _reduce_rows(indptrs, *(np.concatenate(x) for x in list(zip(*parts))[1:]), F)
 
 
 class _UnitSums:
@@ -208,8 +202,7 @@ class _UnitSums:
 
     A gene's tokens are scattered over the data set: each chunk's rows are counting-sorted by
     unit into a batch buffer as they come, and a full batch is reduced to one part; parts are
-    combined when they outgrow the combined one, so each entry is combined O(1) times. Columns
-    are sorted once, at the end, with the last batch (held until then).
+    combined when they outgrow the combined one, so each entry is combined O(1) times.
     """
 
     def __init__(self, num_features: int, batch: int):
@@ -219,7 +212,6 @@ class _UnitSums:
         self.starts: list[np.ndarray] = []  # per chunk: where each unit's entries begin
         self.buffered = 0
         self.parts: list[tuple[np.ndarray, ...]] = []  # the first: the combined one
-        self.ordered = False  # whether parts == [one part with sorted columns]
 
     def add(self, unit: np.ndarray, indptr: np.ndarray, cols: np.ndarray, vals: np.ndarray
             ) -> None:
@@ -237,29 +229,27 @@ class _UnitSums:
         self.starts.append(start)
         self.buffered = int(start[-1])
 
-    def _reduce(self, ordered: bool = False) -> None:
+    def _reduce(self) -> None:
         """The buffered batch to a part."""
         if not self.starts:
             return
         G = max(len(s) for s in self.starts)
         starts = np.stack([np.pad(s, (0, G - len(s)), mode="edge") for s in self.starts])
         self.starts, self.buffered = [], 0
-        part = _reduce_rows(starts, self.cols, self.vals, self.vals, np.zeros(0, np.int64),
-                            self.F, ordered and not self.parts)
-        self.parts.append(part)
-        self.ordered = len(self.parts) == 1 and ordered
+        self.parts.append(_reduce_rows(starts, self.cols, self.vals, np.zeros(0, np.int64),
+                                       self.F))
         if sum(len(p[1]) for p in self.parts[1:]) >= len(self.parts[0][1]):
             self.parts = [_merge_units(self.parts, self.F)]
 
     def result(self, n_units: int) -> tuple[sp.csr_matrix, sp.csr_matrix]:
         """(sum, fire count) [n_units, F]."""
-        self._reduce(ordered=True)
+        self._reduce()
         if not self.parts:
             empty = sp.csr_matrix((n_units, self.F))
             return empty, empty.astype(np.int64)
-        if not self.ordered:
-            self.parts, self.ordered = [_merge_units(self.parts, self.F, ordered=True)], True
-        indptr, cols, _, vsum, count = self.parts[0]
+        if len(self.parts) > 1:
+            self.parts = [_merge_units(self.parts, self.F)]
+        indptr, cols, vsum, count = self.parts[0]
         indptr = np.pad(indptr, (0, n_units + 1 - len(indptr)), mode="edge")
         shape = (n_units, self.F)
         return (sp.csr_matrix((vsum, cols, indptr), shape=shape),
@@ -269,7 +259,7 @@ class _UnitSums:
         self._reduce()
         other._reduce()
         if self.parts or other.parts:
-            self.parts, self.ordered = [_merge_units(self.parts + other.parts, self.F)], False
+            self.parts = [_merge_units(self.parts + other.parts, self.F)]
 
 
 @dataclass
