@@ -4,10 +4,12 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from biollm_engine.analysis.chunks import TokenSources, chunked
 from biollm_engine.analysis.logit_lens import logit_lens, unembedding, vocab_map
-from biollm_engine.analysis.tracks import base_tracks, write_bedgraph
+from biollm_engine.analysis.tracks import BedGraphWriter, base_tracks, write_bedgraph
 from biollm_engine.errors import BioLLMError
 from biollm_engine.models import load_model
 
@@ -88,3 +90,38 @@ def test_base_tracks_take_the_max_over_overlapping_windows(tmp_path):
         write_bedgraph(expect0[0], "chr 1", tmp_path / "x.bedgraph")
     with pytest.raises(BioLLMError, match="out of range"):
         base_tracks(chunked(sp.csr_matrix(acts), src, 50), [7], {0: 10, 1: 3})
+
+
+def reference_bedgraph(blocks, skip_zeros=True) -> list[str]:
+    """Runs of equal value base by base: the plain reading of the bedGraph format."""
+    runs = []
+    for chrom, start, values in blocks:
+        for i, v in enumerate(np.asarray(values, np.float64)):
+            if runs and runs[-1][0] == chrom and runs[-1][2] == start + i and runs[-1][3] == v:
+                runs[-1][2] += 1
+            else:
+                runs.append([chrom, start + i, start + i + 1, v])
+    return [f"{c}\t{s}\t{e}\t{v:.6g}" for c, s, e, v in runs if not (skip_zeros and v == 0)]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["chr1", "chr%2"]), st.integers(0, 3),
+                          st.lists(st.sampled_from([0.0, 0.0, 1.5, 2.25, 1 / 3, -7.0]),
+                                   max_size=30)), max_size=6),
+       st.booleans())
+def test_bedgraph_writer_writes_the_runs_of_a_base_by_base_reading(tmp_path_factory, parts,
+                                                                   skip_zeros):
+    """Blocks as the stream hands them over (some contiguous, some with gaps or a new chrom):
+    the vectorised writer gives the same lines as a base-by-base reading."""
+    blocks, pos = [], {}
+    for chrom, gap, values in parts:
+        start = pos.get(chrom, 0) + gap
+        blocks.append((chrom, start, np.asarray(values, np.float32)))
+        pos[chrom] = start + len(values)
+    path = tmp_path_factory.mktemp("bg") / "t.bedgraph"
+    with BedGraphWriter(path, "t", skip_zeros=skip_zeros) as w:
+        for chrom, start, values in blocks:
+            w.write(chrom, start, values)
+    lines = path.read_text().splitlines()
+    assert lines[0] == "track type=bedGraph name=t"
+    assert lines[1:] == reference_bedgraph(blocks, skip_zeros)

@@ -9,6 +9,7 @@ value per base. `stream_tracks` does this in bounded memory for windows in file 
 
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -176,7 +177,7 @@ class BedGraphWriter:
     def __init__(self, path: str | os.PathLike, name: str | None = None,
                  skip_zeros: bool = True):
         self.path, self.name, self.skip_zeros = Path(path), name, skip_zeros
-        self._run: tuple[str, int, int, float] | None = None
+        self._run: tuple[str, int, int, float] | None = None  # the last run, still growing
 
     def __enter__(self) -> "BedGraphWriter":
         self._atomic = atomic_path(self.path)
@@ -190,29 +191,31 @@ class BedGraphWriter:
         values = np.asarray(values, dtype=np.float64).ravel()
         if not len(values):
             return
-        change = np.flatnonzero(np.diff(values) != 0) + 1
-        starts = np.r_[0, change]
-        ends = np.r_[change, len(values)]
-        for a, b in zip(starts.tolist(), ends.tolist()):
-            self._extend(chrom, start + a, start + b, float(values[a]))
-
-    def _extend(self, chrom: str, s: int, e: int, v: float) -> None:
+        firsts = np.r_[0, np.flatnonzero(values[1:] != values[:-1]) + 1]
+        starts, ends = start + firsts, np.r_[start + firsts[1:], start + len(values)]
+        vals = values[firsts]
         run = self._run
-        if run and run[0] == chrom and run[2] == s and run[3] == v:
-            self._run = (chrom, run[1], e, v)
-            return
-        self._emit()
-        self._run = (chrom, s, e, v)
+        if run and run[0] == chrom and run[2] == start and run[3] == vals[0]:
+            starts[0] = run[1]  # the previous block's last run goes on
+        elif run:
+            self._lines(run[0], [run[1]], [run[2]], [run[3]])
+        self._run = (chrom, int(starts[-1]), int(ends[-1]), float(vals[-1]))
+        self._lines(chrom, starts[:-1], ends[:-1], vals[:-1])
 
-    def _emit(self) -> None:
-        if self._run and not (self.skip_zeros and self._run[3] == 0):
-            c, s, e, v = self._run
-            self._fh.write(f"{c}\t{s}\t{e}\t{v:.6g}\n")
-        self._run = None
+    def _lines(self, chrom: str, starts, ends, vals) -> None:
+        starts, ends, vals = np.asarray(starts), np.asarray(ends), np.asarray(vals)
+        if self.skip_zeros:
+            keep = vals != 0
+            starts, ends, vals = starts[keep], ends[keep], vals[keep]
+        if len(vals):  # one %-format over all lines: several times faster than a line at a time
+            line = chrom.replace("%", "%%") + "\t%d\t%d\t%.6g\n"
+            self._fh.write((line * len(vals)) % tuple(
+                itertools.chain.from_iterable(zip(starts.tolist(), ends.tolist(),
+                                                  vals.tolist()))))
 
     def __exit__(self, exc_type, exc, tb):
-        if exc_type is None:
-            self._emit()
+        if exc_type is None and self._run:
+            self._lines(self._run[0], [self._run[1]], [self._run[2]], [self._run[3]])
         self._fh.close()
         return self._atomic.__exit__(exc_type, exc, tb)
 
