@@ -135,6 +135,17 @@ def test_gene_rows_on_a_second_thread_in_many_batches_equal_dense_computation(mo
     check_equal(a.result(40, 9), ref, dense)
 
 
+def test_columns_over_many_bitmap_words_equal_dense_computation():
+    # per-cell and per-gene columns come back from bitmaps of 64-column words: here four words,
+    # the last one partial, in several gene batches
+    rng = np.random.default_rng(7)
+    dense, src = make_tokens(rng, n_cells=30, n_features=200, density=0.05)
+    cfg = StatsConfig(top_tokens=3, gene_batch=300)
+    res = feature_stats(chunked(dense, src, 13), 200, cfg, num_cells=30, num_units=9)
+    check_equal(res, dense_reference(dense, src, 30, 9), dense)
+    assert res.cell_max.indices.max() >= 192 and res.unit_sum.indices.min() < 64
+
+
 def test_streaming_memory_is_the_output_plus_a_bounded_gene_batch():
     # 300 cells streamed 50 tokens at a time with a gene batch of 200 non-zeros: the gene
     # buffer stays within the batch (or one chunk), the per-cell matrices are CSR holding
