@@ -168,7 +168,8 @@ def main(argv=None) -> int:
 
         with profile() as prof:
             ours.step(data.batch(total, a.batch).to(dev))
-        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20))
+        key = "self_cuda_time_total" if dev == "cuda" else "self_cpu_time_total"
+        print(prof.key_averages().table(sort_by=key, row_limit=20))
     held_out = data.batch(10**6, a.batch).to(dev)
     ours_d.eval()
     with torch.no_grad():

@@ -16,6 +16,7 @@ from biollm_engine.circuits import Edit, intervene
 from biollm_engine.circuits.prune import prune
 from biollm_engine.inputs.cells import CellDataset, CellSentenceConfig
 from workbench.state.session import Session
+from workbench.views.circuit_graph import LABEL_GAP
 
 from gui_helpers import wait_for
 from test_circuits_export import Link, Model
@@ -84,6 +85,20 @@ def test_build_draws_the_engines_pruned_graph(built):
         sentence = [x.upper() for x in ds.sentence(built["cell"])]
     assert [lab for lab in labels if lab.upper() in sentence] == sentence
     assert "features" in panel.summary.text() and g.logit_labels[0].strip() in panel.summary.text()
+    # tokens outside the cell sentence (the template's words, the final ":") are drawn and
+    # counted as prompt tokens, not genes; no two labels of a row print over each other
+    items = panel.items
+    prompt = {g.input_start + n for n, pos in enumerate(g.input_positions)
+              if not g.token_genes[pos[0]]}
+    assert prompt and {i for i in range(g.n_nodes) if items.kinds[i] == "prompt"} == prompt
+    drawn_prompt = len(prompt & set(drawn_nodes))
+    assert f"{drawn_prompt} prompt tokens" in panel.summary.text()
+    shown = [(lab.pos().x(), lab.pos().y(), lab.textItem.toPlainText())
+             for lab in items.labels if lab.isVisible()]
+    assert len(shown) > 5
+    for a, (x, y, _) in enumerate(shown):
+        assert all(abs(x - x2) >= LABEL_GAP for x2, y2, _ in shown[a + 1:] if y2 == y)
+    assert any(text.startswith("“") for *_, text in shown if text != g.logit_labels[0].strip())
 
 
 def test_threshold_prunes_live_without_recomputing(built):

@@ -211,14 +211,15 @@ class CircuitPanel(QWidget):
     def _on_pruned(self) -> None:
         self.items.redraw()
         pg_, g = self.state.pruned, self.state.graph
-        kinds = g.kinds()[pg_.nodes]
+        kinds = self.items.kinds[pg_.nodes]
         where = (f"cell {g.meta['cell']} ({self.cells.cell_type(g.meta['cell'])})"
                  if "cell" in g.meta and self.cells.adata is not None else "the prompt")
         self.summary.setText(
             f"Why {where} → <b>{g.logit_labels[0].strip()}</b> "
             f"(p = {float(g.logit_probabilities[0]):.2f}): {int((kinds == 'feature').sum())} "
             f"features, {int((kinds == 'error').sum())} error nodes, "
-            f"{int((kinds == 'input').sum())} genes, {int(pg_.edge_mask.sum())} edges; "
+            f"{int((kinds == 'input').sum())} genes, {int((kinds == 'prompt').sum())} prompt "
+            f"tokens, {int(pg_.edge_mask.sum())} edges; "
             f"{pg_.kept_influence:.0%} of the influence kept. "
             f"<span style='color:{POSITIVE}'>excites</span> / "
             f"<span style='color:{NEGATIVE}'>inhibits</span>")

@@ -13,9 +13,12 @@ from ..state.circuit import CircuitState
 
 POSITIVE, NEGATIVE = "#d6604d", "#4393c3"  # red / blue of a diverging map
 WIDTHS = (0.6, 1.6, 3.2)
-KIND_BRUSH = {"feature": "#f4a582", "error": "#bababa", "input": "#92c5de", "logit": "#1b7837"}
-KIND_SYMBOL = {"feature": "o", "error": "s", "input": "t1", "logit": "d"}
-N_LABELS = (8, 14)  # genes and features named on the graph, most influential first
+# "prompt": an input token outside the cell sentence (the template's words, the final ":")
+KIND_BRUSH = {"feature": "#f4a582", "error": "#bababa", "input": "#92c5de", "prompt": "#e0e0e0",
+              "logit": "#1b7837"}
+KIND_SYMBOL = {"feature": "o", "error": "s", "input": "t1", "prompt": "t1", "logit": "d"}
+N_LABELS = (8, 14)  # inputs and features named on the graph, most influential first
+LABEL_GAP = 7.0  # least x distance (of the layout's 100) between two labels in one row
 
 
 def layout(graph, nodes: np.ndarray, width: float = 100.0) -> np.ndarray:
@@ -64,7 +67,11 @@ class GraphItems:
 
     def set_graph(self) -> None:
         """A new graph: lay it out; the pruning that follows draws it."""
-        self.kinds = self.state.graph.kinds()
+        g = self.state.graph
+        self.kinds = g.kinds()
+        for n, positions in enumerate(g.input_positions):
+            if not g.token_genes[positions[0]]:
+                self.kinds[g.input_start + n] = "prompt"
         self._fit = True
 
     def redraw(self) -> None:
@@ -109,19 +116,37 @@ class GraphItems:
         g = self.state.graph
         named = [int(i) for i in nodes[kinds == "logit"]]
         order = np.argsort(-infl)
-        named += [int(nodes[j]) for j in order if kinds[j] == "input"][:N_LABELS[0]]
-        named += [int(nodes[j]) for j in order if kinds[j] == "feature"][:N_LABELS[1]]
+        named += self._spaced([int(nodes[j]) for j in order if kinds[j] in ("input", "prompt")],
+                              N_LABELS[0])
+        named += self._spaced([int(nodes[j]) for j in order if kinds[j] == "feature"],
+                              N_LABELS[1])
         while len(self.labels) < len(named):
             item = pg.TextItem("", color="#222222")
             self.view.addItem(item)
             self.labels.append(item)
         for item, i in zip(self.labels, named):
-            item.setText(g.label(i).strip())
-            item.setAnchor((0.5, 1.6) if self.kinds[i] != "input" else (0.5, -0.4))
+            text = g.label(i).strip()
+            prompt = self.kinds[i] == "prompt"
+            item.setText(f"“{text}”" if prompt else text)
+            item.setColor("#777777" if prompt else "#222222")
+            below = self.kinds[i] in ("input", "prompt")
+            item.setAnchor((0.5, -0.4) if below else (0.5, 1.6))
             item.setPos(*self.xy[i])
             item.show()
         for item in self.labels[len(named):]:
             item.hide()
+
+    def _spaced(self, candidates: list[int], n: int) -> list[int]:
+        """Up to n of the candidates (most influential first) whose labels keep LABEL_GAP from
+        those already kept in their row, so that no two names print over each other."""
+        kept: list[int] = []
+        for i in candidates:
+            x, y = self.xy[i]
+            if all(abs(x - self.xy[j, 0]) >= LABEL_GAP for j in kept if self.xy[j, 1] == y):
+                kept.append(i)
+                if len(kept) == n:
+                    break
+        return kept
 
     def show_paths(self, i: int | None) -> None:
         """Highlight the edges on the paths through node i (upstream and downstream)."""
