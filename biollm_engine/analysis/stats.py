@@ -13,6 +13,8 @@ that carry a unit (`unit >= 0`: the cell's gene tokens, not its prompt).
 from __future__ import annotations
 
 import threading
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -30,6 +32,10 @@ HIST_EDGES = 2.0 ** np.arange(-10, 11)
 NUM_BINS = len(HIST_EDGES) + 1
 
 THREAD_NNZ = 1 << 16  # work on fewer non-zeros stays on one thread (a thread costs ~0.1 ms)
+# chunks whose per-cell and per-gene work may still run on the second thread when `update`
+# returns: a thread that waited for the other at every chunk lost the time either spent
+# descheduled on a busy machine, and the caller's next read or encode now overlaps it
+GENE_LAG = 1
 
 
 @dataclass
@@ -319,8 +325,13 @@ class FeatureStats:
         self.cells = _Cells(num_features)
         self.units = _UnitSums(num_features, self.cfg.gene_batch)
         self.unit_tokens = np.zeros(0, np.int64)
+        self._pending: deque = deque()  # per-cell and per-gene work of chunks, in token order
+        self._pool: ThreadPoolExecutor | None = None
 
     def update(self, chunk: EncodedChunk) -> None:
+        """Add the next chunk. Its per-cell and per-gene part may run on a second thread after
+        this returns, reading the chunk's arrays: leave them unchanged until the next `update`
+        returns (or `merge` or `result`)."""
         acts, src, F = chunk.acts, chunk.sources, self.num_features
         if acts.shape[1] != F:
             raise ValueError(f"chunk has {acts.shape[1]} features, expected {F}")
@@ -328,17 +339,28 @@ class FeatureStats:
         # the kernels read scipy's arrays as they are: fresh copies cost page faults
         indptr, cols, vals = acts.indptr.astype(np.int64), acts.indices, acts.data
         # per-cell and per-gene work touches other state than the per-feature pass, so a large
-        # chunk's goes to a second thread (the kernels release the GIL)
-        worker = _Worker(self._gene_rows, indptr, cols, vals, src) \
-            if len(cols) >= THREAD_NNZ else None
-        try:
-            feature_pass(self.hist, self.act_sum, self.act_max, self.top.values, self.top.ids,
-                         indptr, cols, vals, vals.view(np.int32), chunk.start)
-        finally:
-            if worker is not None:
-                worker.result()
-        if worker is None:
+        # chunk's goes to a second thread (the kernels release the GIL), one chunk after another
+        if len(cols) >= THREAD_NNZ:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(1, thread_name_prefix="feature-stats")
+            self._pending.append(self._pool.submit(self._gene_rows, indptr, cols, vals, src))
+        else:
+            self._finish()
             self._gene_rows(indptr, cols, vals, src)
+        feature_pass(self.hist, self.act_sum, self.act_max, self.top.values, self.top.ids,
+                     indptr, cols, vals, vals.view(np.int32), chunk.start)
+        self._wait(GENE_LAG)
+
+    def _wait(self, keep: int = 0) -> None:
+        """Let the second thread finish all but the last `keep` chunks (its errors raise here)."""
+        while len(self._pending) > keep:
+            self._pending.popleft().result()
+
+    def _finish(self) -> None:
+        self._wait()
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
 
     def _gene_rows(self, indptr, cols, vals, src) -> None:
         self.cells.keep(*cell_pass(indptr, cols, vals, src.record, src.unit,
@@ -350,6 +372,8 @@ class FeatureStats:
                 self.units.add(src.unit, indptr, cols, vals)
 
     def merge(self, other: "FeatureStats") -> None:
+        self._finish()
+        other._finish()
         self.num_tokens += other.num_tokens
         self.act_sum += other.act_sum
         np.maximum(self.act_max, other.act_max, out=self.act_max)
@@ -362,7 +386,7 @@ class FeatureStats:
 
     def result(self, num_cells: int | None = None, num_units: int | None = None
                ) -> FeatureStatsResult:
-        F = self.num_features
+        self._finish()
         cell_max, cell_mean, cell_tokens = self.cells.result(num_cells)
         n_units = max(num_units or 0, len(self.unit_tokens))
         unit_tokens = np.zeros(n_units, np.int64)
