@@ -154,7 +154,8 @@ def test_cached_analysis_equals_live_and_goes_stale_with_any_input(quick_ws, tmp
     import scipy.sparse as sp
     from safetensors.torch import load_file, save_file
 
-    from biollm_engine.demo.features import analyse, content_key, features_config, load_cache
+    from biollm_engine.demo.features import analyse, features_config, load_cache
+    from biollm_engine.provenance import features_key
     from biollm_engine.demo.workspace import read_workspace
 
     ws = read_workspace(quick_ws)
@@ -168,12 +169,12 @@ def test_cached_analysis_equals_live_and_goes_stale_with_any_input(quick_ws, tmp
     copy = tmp_path / "ws"
     shutil.copytree(quick_ws, copy)
     copied = read_workspace(copy)
-    assert load_cache(copy, content_key(copied, features_config(copied, tmp_path))) is not None
+    assert load_cache(copy, features_key(features_config(copied, tmp_path))) is not None
     weights = copied["sae"] / "dictionary.safetensors"
     tensors = load_file(weights)
     tensors["W_dec"][0, 0] += 1e-3  # one weight of one feature
     save_file(tensors, weights, metadata={"format": "pt"})
-    assert load_cache(copy, content_key(copied, features_config(copied, tmp_path))) is None
+    assert load_cache(copy, features_key(features_config(copied, tmp_path))) is None
 
 
 def test_dictionaries_are_trained_on_the_training_cells_only(quick_ws):

@@ -83,6 +83,32 @@ def test_results_on_the_bundled_demo_go_to_the_user_cache_not_into_the_package(t
     assert analysis_folder(tmp_path, shipped).parent == tmp_path / "analysis"
 
 
+def test_a_cached_analysis_is_shown_only_for_the_inputs_it_was_computed_from(tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from workbench.state.features import analysis_folder, features_config, load_or_none
+    from workbench.state.workspace import BUNDLED
+
+    ws = tmp_path / "demo"
+    shutil.copytree(BUNDLED, ws, ignore=shutil.ignore_patterns("dna", "cache"))
+    sae = ws / "dictionaries" / "sae" / "layers.2"
+    folder = analysis_folder(ws, sae)
+
+    def cfg(**kw):
+        return features_config(ws, str(ws / "model"), str(ws / "cells.h5ad"), str(sae),
+                               "bulk_labels", **kw)
+
+    assert load_or_none(folder, cfg()) is not None  # the shipped one, moved with its workspace
+    assert load_or_none(folder, cfg(top_n=3)) is None  # other options
+    weights = sae / "dictionary.safetensors"
+    tensors = load_file(weights)
+    tensors["W_dec"][0, 0] += 1e-3  # the dictionary retrained, same path
+    save_file(tensors, weights, metadata={"format": "pt"})
+    assert load_or_none(folder, cfg()) is None
+
+
 def test_colourings():
     c = col.categorical("t", np.array(["b", "a", None, "b"], dtype=object), ["#ff0000", "#00ff00"])
     assert c.categories == ["a", "b"] and list(c.codes) == [1, 0, -1, 1]

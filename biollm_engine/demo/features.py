@@ -9,26 +9,18 @@ otherwise analyses live. A stale cache is never read, only recomputed.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..config import to_dict
 from ..fileio import atomic_dir, write_json
 from ..progress import CancelToken, ProgressCallback
+from ..provenance import ANALYSIS_CODE, features_key
 from .data import LABEL_COLUMN
 
 CACHE_DIR = Path("cache") / "features"
-_ENGINE = Path(__file__).resolve().parents[1]
-# The code whose change can change the numbers: the analysis itself and what it reads cells,
-# models and dictionaries with.
-_CODE = ("analysis", "inputs", "models", "dictionaries", "harvest.py")
-_DNA_ONLY = ("dna", "evo2")  # modules of those packages that cells never reach
-# Options that name where things are, not what is computed.
-_PLACES = ("model", "data", "dict", "out", "write_h5ad", "cache", "device")
 
 
 @dataclass
@@ -49,31 +41,6 @@ def features_config(ws: dict, out: Path, device: str = "cpu"):
                           device=device)
 
 
-def content_key(ws: dict, fcfg) -> str:
-    """SHA-256 of the analysis options, the model, SAE and cells files, and the engine code."""
-    h = hashlib.sha256()
-    options = {k: v for k, v in to_dict(fcfg).items() if k not in _PLACES}
-    h.update(json.dumps(options, sort_keys=True, default=str).encode())
-    folder = Path(ws["folder"])
-    files = [p for d in (ws["model"], ws["sae"]) for p in sorted(Path(d).iterdir()) if p.is_file()]
-    for path in files + [Path(ws["data"])]:
-        _add_file(h, path.relative_to(folder).as_posix(), path)
-    for name in _CODE:
-        root = _ENGINE / name
-        for path in sorted(root.rglob("*.py")) if root.is_dir() else [root]:
-            if path.name.startswith(_DNA_ONLY):
-                continue
-            _add_file(h, path.relative_to(_ENGINE).as_posix(), path)
-    return h.hexdigest()
-
-
-def _add_file(h, name: str, path: Path) -> None:
-    h.update(f"\0{name}\0{path.stat().st_size}\0".encode())
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-
-
 def save_cache(folder: Path, result: DemoFeatures) -> Path:
     import scipy.sparse as sp
 
@@ -83,7 +50,7 @@ def save_cache(folder: Path, result: DemoFeatures) -> Path:
         write_json(tmp / "key.json", {
             "sha256": result.key,
             "of": "analysis options, model/, the SAE's folder, cells.h5ad and the engine's "
-                  f"{', '.join(_CODE)} code"})
+                  f"{', '.join(ANALYSIS_CODE)} code"})
     return Path(folder) / CACHE_DIR
 
 
@@ -113,7 +80,7 @@ def analyse(ws: dict, out: Path, device: str = "cpu", use_cache: bool = True,
     from ..analysis.writeback import write_back
 
     fcfg = features_config(ws, out, device)
-    key = content_key(ws, fcfg)
+    key = features_key(fcfg)
     hit = load_cache(ws["folder"], key) if use_cache else None
     if hit is not None:
         table, cell_max = hit

@@ -77,6 +77,7 @@ def feature_stats(matrix, types=None, labels: dict[int, str] | None = None) -> p
 # -- the engine's feature analysis, cached in the workspace folder ------------------------------
 
 ANALYSIS_DIR = "analysis"
+KEY_FILE = "key.json"
 
 
 class FeatureResults:
@@ -127,12 +128,15 @@ class FeatureResults:
         self.genes = np.asarray([str(g) for g in genes])
         return self
 
-    def save(self, folder: str | Path) -> Path:
+    def save(self, folder: str | Path, key: str) -> Path:
+        """Into `folder`, with the `biollm_engine.provenance.features_key` of what it was
+        computed from."""
         import scipy.sparse as sp
-        from biollm_engine.fileio import atomic_dir
+        from biollm_engine.fileio import atomic_dir, write_json
 
         folder = Path(folder)
         with atomic_dir(folder) as tmp:
+            write_json(tmp / KEY_FILE, {"sha256": key})
             self.table.to_parquet(tmp / "table.parquet", index=False)
             sp.save_npz(tmp / "cells.npz", sp.csr_matrix(self.cell_max))
             np.savez_compressed(tmp / "arrays.npz", **{k: getattr(self, k) for k in self.ARRAYS
@@ -203,16 +207,30 @@ def analyse(cfg, folder: str | Path, progress=None, cancel=None) -> FeatureResul
     from biollm_engine.analysis.pipeline import run_features
     from biollm_engine.inputs import open_data
 
+    from biollm_engine.provenance import features_key
+
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
+    key = features_key(cfg)  # before the run: inputs changed meanwhile make the cache stale
     result = FeatureResults.from_analysis(run_features(cfg, progress, cancel))
     genes = open_data(cfg.data, top_k=cfg.top_k).units
-    result.with_genes(genes).save(folder)
+    result.with_genes(genes).save(folder, key)
     return result
 
 
-def load_or_none(folder: str | Path) -> FeatureResults | None:
-    return FeatureResults.load(folder) if (Path(folder) / "table.parquet").exists() else None
+def load_or_none(folder: str | Path, cfg) -> FeatureResults | None:
+    """The analysis cached in `folder` if it was computed from what `cfg` would analyse now
+    (same options, model, dictionary, data and engine code), else None: a stale one is
+    recomputed, never shown."""
+    import json
+
+    from biollm_engine.provenance import features_key
+
+    try:
+        saved = json.loads((Path(folder) / KEY_FILE).read_text()).get("sha256")
+    except (OSError, ValueError):
+        return None
+    return FeatureResults.load(folder) if saved == features_key(cfg) else None
 
 
 class CellEncoder:
@@ -271,3 +289,29 @@ class CellTokens:
             g = str(self.genes[u])
             best[g] = max(best.get(g, 0.0), float(v))
         return best
+
+
+def refresh_shipped(workspace_folder: str | Path) -> list[Path]:
+    """Recompute the analyses a workspace ships (its `analysis/` folders) for its first data
+    file and cell-type key, under the current key: run after changing the analysis code, the
+    model, a dictionary or the cells, so that the bundled demo opens at once again."""
+    from .workspace import open_workspace
+
+    ws = open_workspace(workspace_folder)
+    done = []
+    for d in ws.dictionaries:
+        folder = analysis_folder(ws.folder, d)
+        if folder.is_relative_to(Path(ws.folder)) and folder.exists():
+            cfg = features_config(ws.folder, ws.model, ws.data[0], d,
+                                  ws.settings.get("type_key"))
+            if load_or_none(folder, cfg) is None:
+                analyse(cfg, folder)
+                done.append(folder)
+    return done
+
+
+if __name__ == "__main__":
+    from .workspace import BUNDLED
+
+    for path in refresh_shipped(BUNDLED):
+        print(f"recomputed {path}")

@@ -124,8 +124,8 @@ class FeaturesPanel(QWidget):
 
     def load_cached(self) -> bool:
         """Show the cached analysis of the chosen dictionary; returns whether there was one."""
-        folder = self.analysis_folder()
-        results = feat.load_or_none(folder) if folder is not None else None
+        folder, cfg = self.analysis_folder(), self.default_config()
+        results = feat.load_or_none(folder, cfg) if folder is not None and cfg else None
         if results is not None and results.cell_max.shape[0] == self.cells.n_cells:
             self.show_results(results, folder.name)
             return True
