@@ -24,10 +24,10 @@ the 7 pairs, their range, and the load average the bench printed): 1.41 (1.15-1.
 1.19 (0.91-1.52) at 4.8, 1.47 (1.24-1.82) at 4.2. The same code without the lagging gene thread
 (a wait at every chunk): 1.50 (1.34-1.69) at 3.1, 1.21 (0.86-1.57) at 3.5, 1.41 (1.22-1.61) at
 3.6, and 1.07-1.08 (0.80-2.04) in three runs at 5.0-6.5. Before the bitmap reductions: 1.06
-(0.82-1.16) at 3.1 that day, 0.84 (0.49-0.97) and 0.92 (0.68-1.09) the day before. Where the time goes (one thread, ms of CPU
-per 131k tokens): per-feature pass 43 (half of it the top lists), per-cell 23, per-gene
-counting sort 17-21 and reduction 27, the rest (result matrices, Python) about 15; reading the
-same chunks costs 225-290 ms of CPU, most of it page faults.
+(0.82-1.16) at 3.1 that day, 0.84 (0.49-0.97) and 0.92 (0.68-1.09) the day before. Where the
+time goes (one thread, ms of CPU per 131k tokens): per-feature pass 43 (half of it the top
+lists), per-cell 23, per-gene counting sort 17-21 and reduction 27, the rest (result matrices,
+Python) about 15; reading the same chunks costs 225-290 ms of CPU, most of it page faults.
 """
 
 from __future__ import annotations
