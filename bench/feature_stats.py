@@ -21,7 +21,8 @@ reported apart; the claim measured is that the statistics keep up with reading.
 
 Measured with `--repeat 7` on the shared 2-core development machine (2026-11-25; the median of
 the 7 pairs, their range, and the load average the bench printed): 1.41 (1.15-1.64) at 4.7,
-1.19 (0.91-1.52) at 4.8, 1.47 (1.24-1.82) at 4.2. The same code without the lagging gene thread
+1.19 (0.91-1.52) at 4.8, 1.47 (1.24-1.82) at 4.2, 1.36 (0.82-1.53) at 3.5, 1.60 (1.09-1.72) at
+3.7. The same code without the lagging gene thread
 (a wait at every chunk): 1.50 (1.34-1.69) at 3.1, 1.21 (0.86-1.57) at 3.5, 1.41 (1.22-1.61) at
 3.6, and 1.07-1.08 (0.80-2.04) in three runs at 5.0-6.5. Before the bitmap reductions: 1.06
 (0.82-1.16) at 3.1 that day, 0.84 (0.49-0.97) and 0.92 (0.68-1.09) the day before. Where the
