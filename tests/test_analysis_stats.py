@@ -135,6 +135,28 @@ def test_gene_rows_on_a_second_thread_in_many_batches_equal_dense_computation(mo
     check_equal(a.result(40, 9), ref, dense)
 
 
+def test_second_thread_gives_bit_identical_results(monkeypatch):
+    # the per-cell and per-gene work may lag the per-feature pass on a second thread; every
+    # number must come out exactly as on one thread, run after run
+    rng = np.random.default_rng(13)
+    dense, src = make_tokens(rng, n_cells=40, n_features=70, density=0.3)
+    cfg = StatsConfig(top_tokens=3, gene_batch=90)
+
+    def run(thread_nnz):
+        monkeypatch.setattr(stats_module, "THREAD_NNZ", thread_nnz)
+        return feature_stats(chunked(dense, src, 9), 70, cfg, num_cells=40, num_units=9)
+
+    one, *threaded = run(1 << 40), run(0), run(0)
+    for res in threaded:
+        for name, a in vars(one).items():
+            b = getattr(res, name)
+            if sp.issparse(a):
+                for part in ("indptr", "indices", "data"):
+                    np.testing.assert_array_equal(getattr(a, part), getattr(b, part))
+            else:
+                np.testing.assert_array_equal(a, b)
+
+
 def test_columns_over_many_bitmap_words_equal_dense_computation():
     # per-cell and per-gene columns come back from bitmaps of 64-column words: here four words,
     # the last one partial, in several gene batches
