@@ -21,8 +21,10 @@ the forward; a real DNA model's forward would dominate.
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -34,7 +36,7 @@ def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def make_model(folder: Path) -> None:
+def make_model(folder: Path, layers: int = 2, width: int = 64) -> None:
     import transformers as tf
     from tokenizers import Tokenizer, models
 
@@ -42,40 +44,59 @@ def make_model(folder: Path) -> None:
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
     tf.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>",
                                eos_token="<pad>").save_pretrained(folder)
-    cfg = tf.GPTNeoXConfig(vocab_size=256, hidden_size=64, num_hidden_layers=2,
-                           num_attention_heads=4, intermediate_size=256,
+    cfg = tf.GPTNeoXConfig(vocab_size=256, hidden_size=width, num_hidden_layers=layers,
+                           num_attention_heads=max(4, width // 64), intermediate_size=4 * width,
                            max_position_embeddings=2048, rotary_pct=0.25, pad_token_id=0)
     torch.manual_seed(0)
     tf.AutoModelForCausalLM.from_config(cfg).save_pretrained(folder)
 
 
-def make_sae(path: Path, lm, data) -> Path:
+def make_sae(path: Path, lm, data, latents: int) -> Path:
     """Random encoder, biases set so each latent fires on about 3% of the first window's bases."""
     from biollm_engine.dictionaries.config import DictionaryConfig
     from biollm_engine.dictionaries.dictionary import Dictionary
     from biollm_engine.harvest import kept_activations
 
+    hookpoint = f"layers.{lm.num_layers - 1}"
     torch.manual_seed(1)
-    d = Dictionary(DictionaryConfig(kind="sae", activation="relu", d_in=64, num_latents=512,
-                                    hookpoint="layers.1"))
+    d = Dictionary(DictionaryConfig(kind="sae", activation="relu", d_in=lm.d_model,
+                                    num_latents=latents, hookpoint=hookpoint))
     first = next(iter(data.examples(indices=[0])))
-    acts, _, _ = next(kept_activations(lm, [first], ["layers.1"], dtype=torch.float32))
+    acts, _, _ = next(kept_activations(lm, [first], [hookpoint], dtype=torch.float32))
     with torch.no_grad():
-        pre = d.pre_acts(acts["layers.1"])
+        pre = d.pre_acts(acts[hookpoint])
         d.b_enc.sub_(torch.quantile(pre, 0.97, dim=0))
     return d.save(path)
 
 
-def bare_forward(lm, data, batch_size: int) -> float:
+def bare_forward(lm, data, batch_size: int, limit: int | None = None,
+                 thread: bool = False) -> float:
+    """Seconds for the model's body up to the SAE's layer over the windows, in the same
+    batches as `biollm tracks` (on CUDA, synchronised before the clock is read); `thread`:
+    from a worker thread, as `biollm tracks` runs its forward."""
+    import itertools
+
+    if thread:
+        out = []
+        worker = threading.Thread(target=lambda: out.append(
+            bare_forward(lm, data, batch_size, limit)))
+        worker.start()
+        worker.join()
+        return out[0]
+
     from biollm_engine.harvest import _batches, pad_batch
     from biollm_engine.models import capture, run_to
 
+    hookpoint = f"layers.{lm.num_layers - 1}"
     t = time.perf_counter()
     with torch.inference_mode():
-        for batch in _batches(data.examples(), batch_size):
+        for batch in itertools.islice(_batches(data.examples(), batch_size), limit):
             ids, mask, *_ = pad_batch(batch, 0, None)
-            with capture(lm, ["layers.1"]):
-                run_to(lm, torch.from_numpy(ids), torch.from_numpy(mask).long())
+            with capture(lm, [hookpoint]):
+                run_to(lm, torch.from_numpy(ids).to(lm.device),
+                       torch.from_numpy(mask).long().to(lm.device))
+    if str(lm.device).startswith("cuda"):
+        torch.cuda.synchronize()
     return time.perf_counter() - t
 
 
@@ -84,15 +105,22 @@ def main() -> None:
     ap.add_argument("--bases", type=int, default=1_000_000)
     ap.add_argument("--window", type=int, default=1024)
     ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--layers", type=int, default=2, help="model depth (2: the tiny default)")
+    ap.add_argument("--width", type=int, default=64, help="model width (64: the tiny default)")
+    ap.add_argument("--latents", type=int, default=None, help="SAE latents (default 8 x width)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (model and SAE there)")
+    ap.add_argument("--repeat", type=int, default=2,
+                    help="runs of tracks, each between two bare forwards; minimums compared")
     args = ap.parse_args()
     from biollm_engine.analysis.dna_tracks import TracksConfig, run_tracks
     from biollm_engine.inputs.dna import DnaConfig, DnaDataset
     from biollm_engine.models import load_model
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device here")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        make_model(tmp / "model")
+        make_model(tmp / "model", args.layers, args.width)
         rng = np.random.default_rng(0)
         # one byte per base, so the bench's own sequence does not set the peak it measures
         seq = np.frombuffer(b"ACGT", np.uint8)[rng.integers(0, 4, args.bases)].tobytes().decode()
@@ -101,29 +129,43 @@ def main() -> None:
                          + "\n")
         del seq
         stride = args.window // 2
-        lm = load_model(str(tmp / "model"), device="cpu")
+        lm = load_model(str(tmp / "model"), device=args.device)
         data = DnaDataset(fasta, DnaConfig(window=args.window, stride=stride, tokenizer="byte"))
-        sae = make_sae(tmp / "sae", lm, data)
-        start_rss = rss_mb()
-        bare1 = bare_forward(lm, data, args.batch_size)
-        bare_rss = rss_mb()
+        sae = make_sae(tmp / "sae", lm, data, args.latents or 8 * args.width)
         cfg = TracksConfig(model=str(tmp / "model"), data=str(fasta), dict=str(sae),
                            out=str(tmp / "out"), features="0,1,2,3", window=args.window,
                            stride=stride, tokenizer="byte", batch_size=args.batch_size,
-                           device="cpu")
-        t = time.perf_counter()
-        result = run_tracks(cfg)
-        tracks_s = time.perf_counter() - t
+                           device=args.device)
+        bare_forward(lm, data, args.batch_size, limit=2)  # warm-up: kernels, caches
+        load = os.getloadavg()
+        start_rss = rss_mb()
+        def bare_pair():  # from the main thread and from a worker thread
+            return [bare_forward(lm, data, args.batch_size, thread=w) for w in (False, True)]
+
+        bare, tracks = [bare_pair()], []
+        bare_rss = rss_mb()
+        for _ in range(args.repeat):
+            t = time.perf_counter()
+            result = run_tracks(cfg)
+            tracks.append(time.perf_counter() - t)
+            bare.append(bare_pair())
         tracks_rss = rss_mb()
-        bare2 = bare_forward(lm, data, args.batch_size)
-        bare = (bare1 + bare2) / 2
         lines = sum(1 for _ in open(result.bedgraphs[0])) - 1
+        name = torch.cuda.get_device_name() if args.device == "cuda" else \
+            f"{torch.get_num_threads()} threads"
         print(f"{args.bases:,} bases, {len(data)} windows of {args.window} (stride {stride}), "
-              f"batch {args.batch_size}, {torch.get_num_threads()} threads")
-        print(f"bare forward to layers.1: {bare1:.2f} s then {bare2:.2f} s "
-              f"({args.bases / bare / 1e3:.0f} kb/s)")
-        print(f"biollm tracks, 4 features: {tracks_s:.2f} s -> {tracks_s / bare:.2f}x the bare "
-              f"forward; feature 0 fires on {result.summary['frequency'][0]:.1%} of bases, "
+              f"batch {args.batch_size}; GPTNeoX {args.layers} layers x {args.width}, "
+              f"{args.latents or 8 * args.width}-latent SAE on {args.device} ({name}); "
+              f"load average {load[0]:.2f} before, {os.getloadavg()[0]:.2f} after")
+        print("bare forward, from the main thread / a worker thread: "
+              + ", ".join(f"{a:.2f} / {b:.2f}" for a, b in bare) + " s "
+              f"({args.bases / np.min(bare) / 1e3:.0f} kb/s at best)")
+        print("biollm tracks, 4 features: " + ", ".join(f"{x:.2f}" for x in tracks) + " s")
+        beside = [(min(bare[i]) + min(bare[i + 1])) / 2 for i in range(len(tracks))]
+        print(f"-> {min(tracks) / np.min(bare):.2f}x the bare forward (best against best; each "
+              "run against the mean of the best bare runs beside it: "
+              + ", ".join(f"{x / b:.2f}x" for x, b in zip(tracks, beside)) + ")")
+        print(f"feature 0 fires on {result.summary['frequency'][0]:.1%} of bases, "
               f"{lines:,} bedGraph runs")
         print(f"peak RSS: {start_rss:.0f} MB before, {bare_rss:.0f} MB after the bare forward, "
               f"{tracks_rss:.0f} MB after tracks (+{tracks_rss - bare_rss:.0f} MB); in-memory "

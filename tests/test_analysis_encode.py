@@ -107,3 +107,34 @@ def test_chosen_features_equal_those_columns_of_the_full_encoding(setup, activat
                                    atol=1e-6)
     with pytest.raises(BioLLMError, match="feature 48 is out of range"):
         next(encode_live(lm, ds.examples(lm.tokenizer, indices=[0]), d, features=[1, 48]))
+
+
+def test_read_ahead_keeps_order_raises_errors_and_stops_the_worker_early():
+    from biollm_engine.analysis.encode import read_ahead
+
+    assert list(read_ahead(iter(range(50)), depth=2)) == list(range(50))
+
+    def failing():
+        yield from range(3)
+        raise BioLLMError("window 3 is unreadable")
+
+    got = []
+    with pytest.raises(BioLLMError, match="window 3"):
+        for x in read_ahead(failing()):
+            got.append(x)
+    assert got == [0, 1, 2]
+
+    made, closed = [], []
+
+    def endless():
+        try:
+            for i in range(10**6):
+                made.append(i)
+                yield i
+        finally:
+            closed.append(True)
+
+    ahead = read_ahead(endless(), depth=2)
+    assert next(ahead) == 0
+    ahead.close()  # the caller stops: the worker stops and closes its source
+    assert closed == [True] and len(made) <= 5

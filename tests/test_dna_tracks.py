@@ -324,3 +324,22 @@ def test_tracks_cli_bad_input_exits_2(esm_dir, planted_dict, genbank, tmp_path, 
         assert main(base + extra) == 2
         err = capsys.readouterr().err
         assert msg in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_cancelled_tracks_stop_and_leave_no_bedgraph(esm_dir, planted_dict, genbank, tmp_path):
+    """The forward runs ahead on a worker thread; cancelling there stops the whole run."""
+    from biollm_engine.analysis.dna_tracks import TracksConfig, run_tracks
+    from biollm_engine.progress import Cancelled, CancelToken
+
+    token, seen = CancelToken(), []
+
+    def progress(p):
+        seen.append(p.step)
+        token.cancel()
+
+    out = tmp_path / "cancelled"
+    with pytest.raises(Cancelled):
+        run_tracks(TracksConfig(model=str(esm_dir), data=str(genbank), dict=str(planted_dict),
+                                out=str(out), features="0", window=120, stride=7,
+                                device="cpu"), progress=progress, cancel=token)
+    assert seen and not list(out.glob("*.bedgraph"))

@@ -130,15 +130,34 @@ def frequency_matrix(contexts: list[str]) -> np.ndarray:
     return np.divide(counts, total, out=np.zeros_like(counts), where=total > 0)
 
 
+def _letter_paths() -> dict[str, object]:
+    """Each base's glyph outline, scaled to a unit box at the origin (made once per process)."""
+    global _LETTERS
+    if _LETTERS is None:
+        from matplotlib.font_manager import FontProperties
+        from matplotlib.textpath import TextPath
+        from matplotlib.transforms import Affine2D
+
+        font = FontProperties(family="DejaVu Sans", weight="bold")
+        _LETTERS = {}
+        for b in BASES:
+            letter = TextPath((0, 0), b, size=1, prop=font)
+            box = letter.get_extents()
+            _LETTERS[b] = Affine2D().translate(-box.x0, -box.y0) \
+                .scale(1 / box.width, 1 / box.height).transform_path(letter)
+    return _LETTERS
+
+
+_LETTERS = None
+
+
 def write_logo(pfm: np.ndarray, path: str | Path, title: str, first: int = 0) -> Path:
     """A sequence logo (letter heights = frequency x information content, in bits), PNG or SVG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.font_manager import FontProperties
-    from matplotlib.patches import PathPatch
-    from matplotlib.textpath import TextPath
+    from matplotlib.collections import PathCollection
     from matplotlib.transforms import Affine2D
 
     from ..fileio import atomic_path
@@ -147,20 +166,22 @@ def write_logo(pfm: np.ndarray, path: str | Path, title: str, first: int = 0) ->
         entropy = -np.nansum(np.where(pfm > 0, pfm * np.log2(pfm), 0), axis=1)
     info = np.where(pfm.sum(axis=1) > 0, 2 - entropy, 0)
     heights = pfm * info[:, None]
-    font = FontProperties(family="DejaVu Sans", weight="bold")
-    fig, ax = plt.subplots(figsize=(max(4, 0.35 * len(pfm)), 2.2))
+    letters = _letter_paths()
+    paths, colours = [], []
     for x, row in enumerate(heights):
         y = 0.0
         for k in np.argsort(row):
             h = row[k]
             if h <= 1e-3:
                 continue
-            letter = TextPath((0, 0), BASES[k], size=1, prop=font)
-            box = letter.get_extents()
-            t = Affine2D().translate(-box.x0, -box.y0) \
-                .scale(0.9 / box.width, h / box.height).translate(x - 0.45, y)
-            ax.add_patch(PathPatch(t.transform_path(letter), color=LOGO_COLOURS[BASES[k]], lw=0))
+            t = Affine2D().scale(0.9, h).translate(x - 0.45, y)
+            paths.append(t.transform_path(letters[BASES[k]]))
+            colours.append(LOGO_COLOURS[BASES[k]])
             y += h
+    fig, ax = plt.subplots(figsize=(max(4, 0.35 * len(pfm)), 2.2))
+    # one collection in data coordinates: no per-letter artist or limit update
+    ax.add_collection(PathCollection(paths, facecolors=colours, linewidths=0,
+                                     transform=ax.transData), autolim=False)
     ax.set_xlim(-0.6, len(pfm) - 0.4)
     ax.set_ylim(0, 2)
     ax.set_ylabel("bits")

@@ -93,7 +93,7 @@ def run_tracks(cfg: TracksConfig, progress: ProgressCallback | None = None,
     from ..inputs.dna import DnaConfig, DnaDataset
     from ..models import load_model, resolve_hookpoint
     from .dna_enrichment import BaseStats, fetch_intervals, frequency_matrix, write_logo
-    from .encode import encode_live
+    from .encode import encode_live, read_ahead
     from .tracks import BedGraphWriter, stream_tracks, token_spans
 
     if (cfg.features is None) == (cfg.top is None):
@@ -123,10 +123,10 @@ def run_tracks(cfg: TracksConfig, progress: ProgressCallback | None = None,
         check_records(ann, names, cfg.annotations)
     span = None if tok == "byte" else token_spans(lm.tokenizer)
 
-    def chunks(features=None):
-        return encode_live(lm, data.examples(lm.tokenizer), dictionary, hookpoint,
-                           cfg.batch_size, progress=progress, cancel=cancel, total=len(data),
-                           features=features)
+    def chunks(features=None):  # the next batch's forward runs while this one is used
+        return read_ahead(encode_live(lm, data.examples(lm.tokenizer), dictionary, hookpoint,
+                                      cfg.batch_size, progress=progress, cancel=cancel,
+                                      total=len(data), features=features))
 
     if chosen is None:
         chosen = _top_features(chunks(), cfg.top)
@@ -198,7 +198,7 @@ def record_tracks(model: str, data: str, dictionary: str, record: int = 0,
     from ..dictionaries.formats import load_dictionary
     from ..inputs.dna import DnaConfig, DnaDataset
     from ..models import load_model, resolve_hookpoint
-    from .encode import encode_live
+    from .encode import encode_live, read_ahead
     from .tracks import base_tracks, token_spans
 
     sae = load_dictionary(dictionary)
@@ -215,9 +215,9 @@ def record_tracks(model: str, data: str, dictionary: str, record: int = 0,
     span = None if tokenizer == "byte" else token_spans(lm.tokenizer)
 
     def chunks(features=None):
-        return encode_live(lm, ds.examples(lm.tokenizer, indices=indices), sae, hookpoint,
-                           batch_size, progress=progress, cancel=cancel, total=len(indices),
-                           features=features)
+        return read_ahead(encode_live(lm, ds.examples(lm.tokenizer, indices=indices), sae,
+                                      hookpoint, batch_size, progress=progress, cancel=cancel,
+                                      total=len(indices), features=features))
 
     features = list(features) if features else _top_features(chunks(), top)
     if max(features) >= sae.num_latents or min(features) < 0:

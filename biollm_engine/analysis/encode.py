@@ -3,10 +3,14 @@
 Two sources, one output (`EncodedChunk`s with global token indices and sources):
 - `encode_cache`: an `ActivationCache`, read in chunks of `chunk_tokens` (bounded memory);
 - `encode_live`: a model and tokenized examples, captured at the dictionary's hookpoint.
+
+`read_ahead` makes chunks on a worker thread while the caller uses the previous ones.
 """
 
 from __future__ import annotations
 
+import queue
+import threading
 from typing import Iterable, Iterator
 
 import numpy as np
@@ -167,3 +171,51 @@ def encode_live(lm, examples: Iterable, dictionary, hookpoint: str | None = None
         yield EncodedChunk(encode(acts[hp.name]), sources, start)
         start += len(sources)
         tracker.update(steps=n_examples, tokens=len(sources))
+
+
+_END = object()
+
+
+def read_ahead(items: Iterable, depth: int = 2) -> Iterator:
+    """Yield `items`, made on a worker thread up to `depth` ahead of the caller, so that making
+    them (a model's forward: torch releases the GIL in its kernels, a GPU runs by itself)
+    overlaps what the caller does with each. An error making them is raised here; a caller that
+    stops early stops the worker after the item in hand."""
+    q: queue.Queue = queue.Queue(maxsize=max(1, depth))
+    stop = threading.Event()
+
+    def put(entry) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(entry, timeout=0.05)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    def work() -> None:
+        it = iter(items)
+        try:
+            for item in it:
+                if not put((item, None)):
+                    break
+            put((_END, None))
+        except BaseException as e:  # re-raised in the caller's thread
+            put((_END, e))
+        finally:
+            if hasattr(it, "close"):  # a generator's own cleanup runs on its thread
+                it.close()
+
+    worker = threading.Thread(target=work, name="read-ahead", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item, error = q.get()
+            if item is _END:
+                if error is not None:
+                    raise error
+                return
+            yield item
+    finally:
+        stop.set()
+        worker.join()
