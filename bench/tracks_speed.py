@@ -36,6 +36,19 @@ def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def cpu_s() -> float:
+    """CPU seconds of this process, all threads (less moved by other processes than wall)."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def clocked(fn, *args, **kw) -> tuple[float, float, object]:
+    """(wall seconds, CPU seconds, result) of fn(*args, **kw)."""
+    t, c = time.perf_counter(), cpu_s()
+    out = fn(*args, **kw)
+    return time.perf_counter() - t, cpu_s() - c, out
+
+
 def make_model(folder: Path, layers: int = 2, width: int = 64) -> None:
     import transformers as tf
     from tokenizers import Tokenizer, models
@@ -139,16 +152,21 @@ def main() -> None:
         bare_forward(lm, data, args.batch_size, limit=2)  # warm-up: kernels, caches
         load = os.getloadavg()
         start_rss = rss_mb()
-        def bare_pair():  # from the main thread and from a worker thread
-            return [bare_forward(lm, data, args.batch_size, thread=w) for w in (False, True)]
+        bare, tracks, bare_cpu, tracks_cpu = [], [], [], []
 
-        bare, tracks = [bare_pair()], []
+        def bare_pair():  # from the main thread and from a worker thread
+            runs = [clocked(bare_forward, lm, data, args.batch_size, thread=w)
+                    for w in (False, True)]
+            bare.append([wall for wall, _, _ in runs])
+            bare_cpu.extend(cpu for _, cpu, _ in runs)
+
+        bare_pair()
         bare_rss = rss_mb()
         for _ in range(args.repeat):
-            t = time.perf_counter()
-            result = run_tracks(cfg)
-            tracks.append(time.perf_counter() - t)
-            bare.append(bare_pair())
+            wall, cpu, result = clocked(run_tracks, cfg)
+            tracks.append(wall)
+            tracks_cpu.append(cpu)
+            bare_pair()
         tracks_rss = rss_mb()
         lines = sum(1 for _ in open(result.bedgraphs[0])) - 1
         name = torch.cuda.get_device_name() if args.device == "cuda" else \
@@ -165,6 +183,8 @@ def main() -> None:
         print(f"-> {min(tracks) / np.min(bare):.2f}x the bare forward (best against best; each "
               "run against the mean of the best bare runs beside it: "
               + ", ".join(f"{x / b:.2f}x" for x, b in zip(tracks, beside)) + ")")
+        print(f"CPU time: bare forward {min(bare_cpu):.2f} s at least, tracks "
+              f"{min(tracks_cpu):.2f} s -> {min(tracks_cpu) / min(bare_cpu):.2f}x")
         print(f"feature 0 fires on {result.summary['frequency'][0]:.1%} of bases, "
               f"{lines:,} bedGraph runs")
         print(f"peak RSS: {start_rss:.0f} MB before, {bare_rss:.0f} MB after the bare forward, "

@@ -151,6 +151,14 @@ def _letter_paths() -> dict[str, object]:
 _LETTERS = None
 
 
+def prepare_logos() -> None:
+    """Import matplotlib and make the glyphs on a background thread (about a second the first
+    time), so that it overlaps the forward passes instead of following them."""
+    import threading
+
+    threading.Thread(target=_letter_paths, name="logo-glyphs", daemon=True).start()
+
+
 def write_logo(pfm: np.ndarray, path: str | Path, title: str, first: int = 0) -> Path:
     """A sequence logo (letter heights = frequency x information content, in bits), PNG or SVG."""
     import matplotlib

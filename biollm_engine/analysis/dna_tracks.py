@@ -92,7 +92,8 @@ def run_tracks(cfg: TracksConfig, progress: ProgressCallback | None = None,
     from ..inputs.annotations import annotation_types, base_masks, check_records, read_annotations
     from ..inputs.dna import DnaConfig, DnaDataset
     from ..models import load_model, resolve_hookpoint
-    from .dna_enrichment import BaseStats, fetch_intervals, frequency_matrix, write_logo
+    from .dna_enrichment import (BaseStats, fetch_intervals, frequency_matrix, prepare_logos,
+                                 write_logo)
     from .encode import encode_live, read_ahead
     from .tracks import BedGraphWriter, stream_tracks, token_spans
 
@@ -145,6 +146,7 @@ def run_tracks(cfg: TracksConfig, progress: ProgressCallback | None = None,
 
     paths = [out / f"feature_{f}.bedgraph" for f in chosen]
     out.mkdir(parents=True, exist_ok=True)
+    prepare_logos()
     with contextlib.ExitStack() as stack:
         writers = [stack.enter_context(BedGraphWriter(p, name=f"feature_{f}"))
                    for p, f in zip(paths, chosen)]
