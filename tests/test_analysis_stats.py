@@ -1,5 +1,7 @@
 """Feature statistics equal a direct dense computation, whatever the chunking."""
 
+import os
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -11,7 +13,8 @@ from biollm_engine.analysis import stats as stats_module
 from biollm_engine.analysis.association import associate
 from biollm_engine.analysis.chunks import TokenSources, chunked
 from biollm_engine.analysis.genes import top_genes
-from biollm_engine.analysis.stats import HIST_EDGES, FeatureStats, StatsConfig, feature_stats
+from biollm_engine.analysis.stats import (HIST_EDGES, FeatureStats, StatsConfig, feature_stats,
+                                          stats_threads)
 from biollm_engine.analysis.topk import grouped_topk
 from biollm_engine.errors import BioLLMError
 
@@ -80,24 +83,28 @@ def check_equal(res, ref, dense):
 
 @settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 10_000), chunk=st.integers(1, 40), ties=st.booleans(),
-       density=st.sampled_from([0.0, 0.1, 0.5, 1.0]))
-def test_streaming_stats_equal_dense_computation(seed, chunk, ties, density):
+       density=st.sampled_from([0.0, 0.1, 0.5, 1.0]), threads=st.sampled_from([1, 2, 3]),
+       thread_nnz=st.sampled_from([0, 1 << 16]))
+def test_streaming_stats_equal_dense_computation(seed, chunk, ties, density, threads,
+                                                 thread_nnz):
     rng = np.random.default_rng(seed)
     dense, src = make_tokens(rng, density=density, ties=ties)
     ref = dense_reference(dense, src, 12, 9)
-    cfg = StatsConfig(top_tokens=4)
-    streamed = feature_stats(chunked(dense, src, chunk), 7, cfg, num_cells=12, num_units=9)
-    check_equal(streamed, ref, dense)
-    whole = feature_stats(chunked(dense, src, len(src)), 7, cfg, num_cells=12, num_units=9)
-    check_equal(whole, ref, dense)
+    cfg = StatsConfig(top_tokens=4, threads=threads)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(stats_module, "THREAD_NNZ", thread_nnz)
+        streamed = feature_stats(chunked(dense, src, chunk), 7, cfg, num_cells=12, num_units=9)
+        check_equal(streamed, ref, dense)
+        whole = feature_stats(chunked(dense, src, len(src)), 7, cfg, num_cells=12, num_units=9)
+        check_equal(whole, ref, dense)
 
 
-def test_merged_shards_equal_one_pass():
+@pytest.mark.parametrize("threads", [(1, 1), (3, 3), (2, 1)])
+def test_merged_shards_equal_one_pass(threads):
     rng = np.random.default_rng(3)
     dense, src = make_tokens(rng, n_cells=30)
     chunks = list(chunked(dense, src, 17))
-    cfg = StatsConfig(top_tokens=5)
-    a, b = FeatureStats(7, cfg), FeatureStats(7, cfg)
+    a, b = (FeatureStats(7, StatsConfig(top_tokens=5, threads=t)) for t in threads)
     for i, c in enumerate(chunks):
         (a if i % 2 else b).update(c)
     a.merge(b)
@@ -135,12 +142,22 @@ def test_gene_rows_on_a_second_thread_in_many_batches_equal_dense_computation(mo
     check_equal(a.result(40, 9), ref, dense)
 
 
+def assert_identical(a, b):
+    for name, x in vars(a).items():
+        y = getattr(b, name)
+        if sp.issparse(x):
+            for part in ("indptr", "indices", "data"):
+                np.testing.assert_array_equal(getattr(x, part), getattr(y, part), err_msg=name)
+        else:
+            np.testing.assert_array_equal(x, y, err_msg=name)
+
+
 def test_second_thread_gives_bit_identical_results(monkeypatch):
     # the per-cell and per-gene work may lag the per-feature pass on a second thread; every
     # number must come out exactly as on one thread, run after run
     rng = np.random.default_rng(13)
     dense, src = make_tokens(rng, n_cells=40, n_features=70, density=0.3)
-    cfg = StatsConfig(top_tokens=3, gene_batch=90)
+    cfg = StatsConfig(top_tokens=3, gene_batch=90, threads=1)
 
     def run(thread_nnz):
         monkeypatch.setattr(stats_module, "THREAD_NNZ", thread_nnz)
@@ -148,13 +165,43 @@ def test_second_thread_gives_bit_identical_results(monkeypatch):
 
     one, *threaded = run(1 << 40), run(0), run(0)
     for res in threaded:
-        for name, a in vars(one).items():
-            b = getattr(res, name)
-            if sp.issparse(a):
-                for part in ("indptr", "indices", "data"):
-                    np.testing.assert_array_equal(getattr(a, part), getattr(b, part))
-            else:
-                np.testing.assert_array_equal(a, b)
+        assert_identical(one, res)
+
+
+@pytest.mark.parametrize("gene_batch", [1 << 22, 60])
+def test_any_thread_count_gives_bit_identical_results(monkeypatch, gene_batch):
+    # 1-4 threads, every chunk shared out (features by range, genes by range, tokens in slices
+    # that begin where a cell does: cells straddle chunks and the lanes that hold them), with
+    # sums in float64 over values of all magnitudes and tied top values: every array of the
+    # result is the one-thread one, bit for bit, and equals the dense computation
+    monkeypatch.setattr(stats_module, "THREAD_NNZ", 0)
+    rng = np.random.default_rng(17)
+    dense, src = make_tokens(rng, n_cells=60, n_genes=11, n_features=300, density=0.25,
+                             ties=True)
+    dense *= (10.0 ** rng.integers(-6, 6, dense.shape)).astype(np.float32)
+    ref = dense_reference(dense, src, 60, 11)
+
+    def run(threads, chunk):
+        cfg = StatsConfig(top_tokens=4, gene_batch=gene_batch, threads=threads)
+        acc = FeatureStats(300, cfg)
+        assert acc.threads == threads
+        for c in chunked(dense, src, chunk):
+            acc.update(c)
+        return acc.result(60, 11)
+
+    for chunk in (len(src), 37, 13, 5):
+        one = run(1, chunk)
+        if gene_batch > dense.size:  # one gene batch: any chunking adds in token order
+            check_equal(one, ref, dense)
+            assert_identical(run(1, len(src)), one)
+        for threads in (2, 3, 4):
+            assert_identical(one, run(threads, chunk))
+
+
+def test_auto_threads_use_the_cores_up_to_eight():
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert stats_threads(0) == min(cores, 8) and stats_threads(5) == 5
+    assert FeatureStats(3).threads == min(cores, 8)
 
 
 def test_columns_over_many_bitmap_words_equal_dense_computation():

@@ -71,29 +71,46 @@ def _drain(bits, a, b, a_empty, scale, out_cols, out_a, out_b, m):  # pragma: no
 
 
 @njit(cache=True, nogil=True)
-def feature_pass(hist, act_sum, act_max, top_v, top_i, indptr, cols, vals, bits, start
-                 ):  # pragma: no cover - compiled
-    """Per-feature statistics of a CSR chunk in one pass: histogram counts `hist[bin, feature]`
-    (bin from the float32 exponent: searchsorted(stats.HIST_EDGES, v, 'right'); bins as rows
-    keep the few hot ones in cache), float64 sums, max, top lists (ids = row + start)."""
+def feature_pass(hist, act_sum, act_max, top_v, top_i, indptr, cols, vals, bits, start, f0, f1,
+                 sorted_rows):  # pragma: no cover - compiled
+    """Per-feature statistics of a CSR chunk in one pass, for the features in [f0, f1) (one
+    thread's share; the others skip them, and where each row's columns are sorted, search for
+    them): histogram counts `hist[bin, feature]` (bin from the float32 exponent:
+    searchsorted(stats.HIST_EDGES, v, 'right'); bins as rows keep the few hot ones in cache),
+    float64 sums, max, top lists (ids = row + start)."""
     nb = hist.shape[0]
     K = top_v.shape[1]
-    F = act_sum.shape[0]
     # the K-th best of each feature (-inf while unfilled) in a small array: most values stop at
     # one compare there
-    thr = np.full(F, np.inf, np.float32)
+    thr = np.full(f1 - f0, np.inf, np.float32)
     if K:
-        thr[:] = top_v[:, K - 1]
+        thr[:] = top_v[f0:f1, K - 1]
     for r in range(len(indptr) - 1):
-        for j in range(indptr[r], indptr[r + 1]):
-            f, v = cols[j], vals[j]
+        lo, hi = indptr[r], indptr[r + 1]
+        if sorted_rows:
+            while lo < hi:  # the first column >= f0
+                mid = (lo + hi) >> 1
+                if cols[mid] < f0:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            hi = indptr[r + 1]
+        for j in range(lo, hi):
+            f = cols[j]
+            if f >= f1:
+                if sorted_rows:
+                    break
+                continue
+            if f < f0:
+                continue
+            v = vals[j]
             b = ((bits[j] >> 23) - 127) + 11
             hist[min(max(b, 0), nb - 1), f] += 1
             act_sum[f] += v
             act_max[f] = max(act_max[f], v)
-            if v >= thr[f] and K:
+            if v >= thr[f - f0] and K:
                 _insert(top_v, top_i, f, v, r + start)
-                thr[f] = top_v[f, K - 1]
+                thr[f - f0] = top_v[f, K - 1]
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -147,27 +164,30 @@ def cell_flush(cell, bits, cmax, csum, out_row, out_len, out_cols, out_max, out_
 
 
 @njit(cache=True, nogil=True)
-def group_count(group, indptr, start):  # pragma: no cover - compiled
-    """Add the non-zeros of CSR rows to their group's count, `start[group + 1]` (rows with a
-    negative group are left out): the first step of a counting sort by group."""
+def group_count(group, indptr, start, lo, hi):  # pragma: no cover - compiled
+    """Add the non-zeros of CSR rows to their group's count, `start[group - lo + 1]`, for the
+    groups in [lo, hi) (other rows, and those of a negative group, are left out): the first
+    step of a counting sort by group."""
     for r in range(len(group)):
-        if group[r] >= 0:
-            start[group[r] + 1] += indptr[r + 1] - indptr[r]
+        g = group[r]
+        if g >= lo and g < hi:
+            start[g - lo + 1] += indptr[r + 1] - indptr[r]
 
 
 @njit(cache=True, nogil=True)
-def group_scatter(group, indptr, cols, vals, fill, bcols, bvals):  # pragma: no cover
-    """Copy the non-zeros of CSR rows to their group's next free places `fill[group]` in
-    `bcols`, `bvals`, reading the rows in order (the second step of the counting sort)."""
+def group_scatter(group, indptr, cols, vals, fill, bcols, bvals, lo, hi):  # pragma: no cover
+    """Copy the non-zeros of the CSR rows of groups in [lo, hi) to their group's next free
+    places `fill[group - lo]` in `bcols`, `bvals`, reading the rows in order (the second step
+    of the counting sort)."""
     for r in range(len(group)):
         g = group[r]
-        if g >= 0:
-            p = fill[g]
+        if g >= lo and g < hi:
+            p = fill[g - lo]
             for j in range(indptr[r], indptr[r + 1]):
                 bcols[p] = cols[j]
                 bvals[p] = vals[j]
                 p += 1
-            fill[g] = p
+            fill[g - lo] = p
 
 
 @njit(cache=True, nogil=True)

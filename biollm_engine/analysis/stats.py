@@ -12,15 +12,16 @@ that carry a unit (`unit >= 0`: the cell's gene tokens, not its prompt).
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.sparse as sp
 
-from .chunks import EncodedChunk
+from .chunks import EncodedChunk, TokenSources
 from .kernels import cell_flush, cell_pass, feature_pass, group_count, group_scatter, merge_parts
 from .topk import TopK, grouped_topk
 
@@ -32,10 +33,10 @@ HIST_EDGES = 2.0 ** np.arange(-10, 11)
 NUM_BINS = len(HIST_EDGES) + 1
 
 THREAD_NNZ = 1 << 16  # work on fewer non-zeros stays on one thread (a thread costs ~0.1 ms)
-# chunks whose per-cell and per-gene work may still run on the second thread when `update`
-# returns: a thread that waited for the other at every chunk lost the time either spent
-# descheduled on a busy machine, and the caller's next read or encode now overlaps it
-GENE_LAG = 1
+# chunks whose work may still run on other threads when `update` returns: a thread that waited
+# for the others at every chunk lost the time they spent descheduled on a busy machine, and
+# the caller's next read or encode now overlaps it
+LAG = 1
 
 
 @dataclass
@@ -45,6 +46,9 @@ class StatsConfig:
         "help": "accumulate per-gene sums (cells); turn off for DNA, where units are bases"})
     gene_batch: int = field(default=1 << 22, metadata={
         "help": "gene-token non-zeros buffered per per-gene reduction (8 bytes each)"})
+    threads: int = field(default=0, metadata={
+        "help": "threads: 0 = one per core, at most 8; 1 = the per-feature pass on the "
+                "caller's thread and per-cell and per-gene work on one more"})
 
 
 def _reduce(keys, vmax, vsum):
@@ -87,12 +91,6 @@ def _grown(a: np.ndarray, used: int, need: int, ahead: int = 8) -> np.ndarray:
     return out
 
 
-def _appended(a: np.ndarray, used: int, more: np.ndarray) -> np.ndarray:
-    a = _grown(a, used, used + len(more))
-    a[used:used + len(more)] = more
-    return a
-
-
 class _Cells:
     """Per-cell max and mean over gene tokens, as CSR rows appended in place: `kernels.
     cell_pass` writes each cell when the next begins; the cell a chunk cuts stays in the dense
@@ -121,15 +119,27 @@ class _Cells:
         self.m += m
 
     def flush(self) -> None:
-        self.keep(*cell_flush(*self.buffers(0, 0)))
+        if self.cell[0] >= 0:  # (growing the buffers for nothing would copy them)
+            self.keep(*cell_flush(*self.buffers(0, 0)))
+
+    def extend(self, pieces: list[tuple["_Cells", int, int, int, int]], lanes=()) -> None:
+        """Append written rows of other `_Cells`, in order: (cells, rows n0:n1, entries
+        m0:m1) each; the copies shared out over `lanes`, if any."""
+        sizes = np.array([(p[2] - p[1], p[4] - p[3]) for p in pieces], np.int64).reshape(-1, 2)
+        n, m = (int(x) for x in sizes.sum(axis=0))
+        self.rows = tuple(_grown(a, self.n, self.n + n, 1) for a in self.rows)
+        self.entries = tuple(_grown(a, self.m, self.m + m, 1) for a in self.entries)
+        jobs = []
+        for (c, n0, n1, m0, m1), (at_n, at_m) in zip(pieces, np.cumsum(sizes, axis=0) - sizes):
+            jobs += [(a, self.n + at_n, b[n0:n1]) for a, b in zip(self.rows, c.rows)]
+            jobs += [(a, self.m + at_m, b[m0:m1]) for a, b in zip(self.entries, c.entries)]
+        _copy(jobs, lanes)
+        self.keep(n, m)
 
     def merge(self, other: "_Cells") -> None:
         self.flush()
         other.flush()
-        self.rows = tuple(_appended(a, self.n, b[:other.n]) for a, b in zip(self.rows, other.rows))
-        self.entries = tuple(_appended(a, self.m, b[:other.m])
-                             for a, b in zip(self.entries, other.entries))
-        self.keep(other.n, other.m)
+        self.extend([(other, 0, other.n, 0, other.m)])
 
     def result(self, num_cells: int | None) -> tuple[sp.csr_matrix, sp.csr_matrix, np.ndarray]:
         """(max, mean, gene tokens per cell)."""
@@ -177,11 +187,12 @@ class _Worker(threading.Thread):
         return self.out
 
 
-def _reduce_rows(parts: np.ndarray, cols, vsum, count, F: int) -> tuple[np.ndarray, ...]:
-    """`kernels.merge_parts`; when large, its rows split in two halves of about equal
-    non-zeros, one of them on a second thread."""
+def _reduce_rows(parts: np.ndarray, cols, vsum, count, F: int, split: bool = True
+                 ) -> tuple[np.ndarray, ...]:
+    """`kernels.merge_parts`; when large and `split`, its rows split in two halves of about
+    equal non-zeros, one of them on a second thread."""
     G = parts.shape[1] - 1
-    if G < 2 or (parts[:, -1] - parts[:, 0]).sum() < THREAD_NNZ:
+    if not split or G < 2 or (parts[:, -1] - parts[:, 0]).sum() < THREAD_NNZ:
         return merge_parts(parts, cols, vsum, count, F)
     sizes = np.cumsum((parts[:, 1:] - parts[:, :-1]).sum(axis=0))
     h = min(int(np.searchsorted(sizes, sizes[-1] / 2)) + 1, G - 1)  # rows [0, h) and [h, G)
@@ -194,44 +205,64 @@ def _reduce_rows(parts: np.ndarray, cols, vsum, count, F: int) -> tuple[np.ndarr
             + tuple(np.concatenate(x) for x in zip(a[1:], b[1:])))
 
 
-def _merge_units(parts: list[tuple[np.ndarray, ...]], F: int) -> tuple[np.ndarray, ...]:
-    """One CSR part (indptr, cols, sum, count) from several (of any number of rows)."""
+def _merge_units(parts: list[tuple[np.ndarray, ...]], F: int, split: bool = True
+                 ) -> tuple[np.ndarray, ...]:
+    """One CSR part (indptr, cols, sum, count) from several (of any number of rows); sums add
+    up in part order, so merging a part at a time or all at once gives the same numbers."""
     G = max(len(p[0]) for p in parts) - 1
     offsets = np.cumsum([0] + [len(p[1]) for p in parts])
     indptrs = np.stack([np.pad(p[0], (0, G + 1 - len(p[0])), mode="edge") + o
                         for p, o in zip(parts, offsets)])
-    return _reduce_rows(indptrs, *(np.concatenate(x) for x in list(zip(*parts))[1:]), F)
+    return _reduce_rows(indptrs, *(np.concatenate(x) for x in list(zip(*parts))[1:]), F, split)
 
 
 class _UnitSums:
-    """Running per-unit (gene) activation sums and fire counts, as CSR parts [units, F].
+    """Running per-unit (gene) activation sums and fire counts of the units in [lo, hi), as CSR
+    parts [units, F] (row 0 is unit `lo`).
 
     A gene's tokens are scattered over the data set: each chunk's rows are counting-sorted by
     unit into a batch buffer as they come, and a full batch is reduced to one part; parts are
-    combined when they outgrow the combined one, so each entry is combined O(1) times.
+    combined when they outgrow the combined one, so each entry is combined O(1) times. Where
+    batches end is the caller's choice (`cut`): a gene's sum adds its batches' sums in order,
+    so the same cuts give the same numbers however the units are shared out.
     """
 
-    def __init__(self, num_features: int, batch: int):
+    def __init__(self, num_features: int, batch: int, lo: int = 0, hi: int = 1 << 62,
+                 split: bool = True, room: int = 8):
         self.F = num_features
         self.batch = max(int(batch), 1)
+        self.lo, self.hi, self.split = lo, hi, split
+        self.room = room  # at most this many chunks' worth of room in a new batch buffer
         self.cols, self.vals = np.zeros(0, np.int32), np.zeros(0, np.float32)  # batch buffer
         self.starts: list[np.ndarray] = []  # per chunk: where each unit's entries begin
         self.buffered = 0
         self.parts: list[tuple[np.ndarray, ...]] = []  # the first: the combined one
 
-    def add(self, unit: np.ndarray, indptr: np.ndarray, cols: np.ndarray, vals: np.ndarray
-            ) -> None:
-        """CSR rows with their unit (-1: left out)."""
-        if self.buffered and self.buffered + len(cols) > self.batch:
+    def cut(self, nnz: int, buffered: int | None = None) -> bool:
+        """Whether a chunk of `nnz` non-zeros starts a new batch (after `buffered` gene-token
+        non-zeros, by default this one's own)."""
+        buffered = self.buffered if buffered is None else buffered
+        return buffered > 0 and buffered + nnz > self.batch
+
+    def add(self, unit: np.ndarray, indptr: np.ndarray, cols: np.ndarray, vals: np.ndarray,
+            cut: bool) -> None:
+        """CSR rows with their unit (-1: left out); `cut`: reduce the buffered batch first."""
+        if cut:
             self._reduce()
-        start = np.zeros(int(unit.max()) + 2, np.int64)
-        group_count(unit, indptr, start)
+        n = min(int(unit.max()) + 1, self.hi) - self.lo
+        if n <= 0:
+            return
+        start = np.zeros(n + 1, np.int64)
+        group_count(unit, indptr, start, self.lo, self.hi)
         np.cumsum(start, out=start)
+        if start[-1] == 0:
+            return
         start += self.buffered
-        ahead = min(max(self.batch // max(int(start[-1]), 1), 1), 8)  # room for the batch
+        ahead = min(max(self.batch // max(int(start[-1]), 1), 1), self.room)  # for the batch
         self.cols = _grown(self.cols, self.buffered, start[-1], ahead)
         self.vals = _grown(self.vals, self.buffered, start[-1], ahead)
-        group_scatter(unit, indptr, cols, vals, start[:-1].copy(), self.cols, self.vals)
+        group_scatter(unit, indptr, cols, vals, start[:-1].copy(), self.cols, self.vals,
+                      self.lo, self.hi)
         self.starts.append(start)
         self.buffered = int(start[-1])
 
@@ -243,19 +274,24 @@ class _UnitSums:
         starts = np.stack([np.pad(s, (0, G - len(s)), mode="edge") for s in self.starts])
         self.starts, self.buffered = [], 0
         self.parts.append(_reduce_rows(starts, self.cols, self.vals, np.zeros(0, np.int64),
-                                       self.F))
+                                       self.F, self.split))
         if sum(len(p[1]) for p in self.parts[1:]) >= len(self.parts[0][1]):
-            self.parts = [_merge_units(self.parts, self.F)]
+            self.parts = [_merge_units(self.parts, self.F, self.split)]
+
+    def part(self) -> tuple[np.ndarray, ...] | None:
+        """Everything so far as one part (indptr, cols, sum, count), or None."""
+        self._reduce()
+        if len(self.parts) > 1:
+            self.parts = [_merge_units(self.parts, self.F, self.split)]
+        return self.parts[0] if self.parts else None
 
     def result(self, n_units: int) -> tuple[sp.csr_matrix, sp.csr_matrix]:
         """(sum, fire count) [n_units, F]."""
-        self._reduce()
-        if not self.parts:
+        part = self.part()
+        if part is None:
             empty = sp.csr_matrix((n_units, self.F))
             return empty, empty.astype(np.int64)
-        if len(self.parts) > 1:
-            self.parts = [_merge_units(self.parts, self.F)]
-        indptr, cols, vsum, count = self.parts[0]
+        indptr, cols, vsum, count = part
         indptr = np.pad(indptr, (0, n_units + 1 - len(indptr)), mode="edge")
         shape = (n_units, self.F)
         return (sp.csr_matrix((vsum, cols, indptr), shape=shape),
@@ -266,6 +302,40 @@ class _UnitSums:
         other._reduce()
         if self.parts or other.parts:
             self.parts = [_merge_units(self.parts + other.parts, self.F)]
+
+
+def _stacked(parts: list[tuple[np.ndarray, ...] | None], rows: list[int], lanes=()
+             ) -> tuple[np.ndarray, ...]:
+    """One part from parts of consecutive unit ranges, `rows[i]` units each (the last: as many
+    as it has); the copies shared out over `lanes`, if any."""
+    empty = (np.zeros(1, np.int64), np.zeros(0, np.int32), np.zeros(0, np.float64),
+             np.zeros(0, np.int64))
+    parts = [empty if p is None else p for p in parts]
+    indptrs, offset = [np.zeros(1, np.int64)], 0
+    for p, n in zip(parts, rows):
+        ip = p[0][1:] + offset
+        indptrs.append(np.concatenate([ip, np.full(max(n - len(ip), 0), offset + len(p[1]))]))
+        offset += len(p[1])
+    out = tuple(np.empty(offset, a.dtype) for a in empty[1:])
+    at = np.cumsum([0] + [len(p[1]) for p in parts])
+    _copy([(o, a, x) for p, a in zip(parts, at) for o, x in zip(out, p[1:])], lanes)
+    return (np.concatenate(indptrs),) + out
+
+
+def _copy(jobs: list[tuple[np.ndarray, int, np.ndarray]], lanes=()) -> None:
+    """`dst[at:at + len(src)] = src` for each (dst, at, src), shared out over `lanes` (numpy
+    copies without the GIL)."""
+    def run(which) -> None:
+        for dst, at, src in which:
+            dst[at:at + len(src)] = src
+
+    jobs = sorted(jobs, key=lambda j: -len(j[2]) * j[2].itemsize)
+    T = len(lanes)
+    if T < 2:
+        run(jobs)
+        return
+    for f in [lane.submit(run, jobs[k::T]) for k, lane in enumerate(lanes)]:
+        f.result()
 
 
 @dataclass
@@ -311,56 +381,247 @@ class FeatureStatsResult:
         return grouped_topk(coo.col, coo.data, coo.row, k, self.num_features)
 
 
+class _Lane:
+    """One worker thread's share of every chunk: the features in [f0, f1) of the per-feature
+    pass (written into the accumulator's arrays, where no other lane writes), the units of its
+    range of the per-gene sums, and the cells of one token slice (its own `_Cells`). Its steps
+    run one after another on its own thread, in the order they were given."""
+
+    def __init__(self, num_features: int, cfg: StatsConfig, features: tuple[int, int]):
+        self.F, self.batch = num_features, cfg.gene_batch
+        self.features = features
+        self.cells = _Cells(num_features)
+        self.place_units(0, 0)
+        self.pool: ThreadPoolExecutor | None = None
+
+    def place_units(self, lo: int, hi: int) -> None:
+        # a lane's share of a chunk varies more than the whole: twice the room
+        self.units = _UnitSums(self.F, self.batch, lo, hi, split=False, room=16)
+
+    def submit(self, fn, *args) -> Future:
+        if self.pool is None:
+            self.pool = ThreadPoolExecutor(1, thread_name_prefix="feature-stats")
+        return self.pool.submit(fn, *args)
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
+            self.pool = None
+
+    def step(self, stats: tuple, indptr, cols, vals, sorted_rows: bool, start: int,
+             src: TokenSources, cells: tuple[int, int, bool] | None, units_cut: bool | None):
+        """One chunk's share (`sorted_rows`: each row's columns are in order). `cells`: this lane's token slice (first row, end row, whether
+        its last cell ends there), `units_cut`: whether the gene sums start a new batch (None:
+        no gene rows). -> the cells written, as (cells, rows n0:n1, entries m0:m1), or None."""
+        feature_pass(*stats, indptr, cols, vals, vals.view(np.int32), start, *self.features,
+                     sorted_rows)
+        piece = None
+        if cells is not None:
+            r0, r1, ends = cells
+            c = self.cells
+            n, m = c.n, c.m
+            c.keep(*cell_pass(indptr[r0:r1 + 1], cols, vals, src.record[r0:r1], src.unit[r0:r1],
+                              *c.buffers(r1 - r0, int(indptr[r1] - indptr[r0]))))
+            if ends:
+                c.flush()
+            piece = (c, n, c.n, m, c.m)
+        if units_cut is not None:
+            self.units.add(src.unit, indptr, cols, vals, units_cut)
+        return piece
+
+
+def stats_threads(threads: int = 0) -> int:
+    """The threads `StatsConfig.threads` asks for (0: one per core this process may use, at
+    most 8)."""
+    if threads > 0:
+        return threads
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return min(cores, 8)
+
+
+def _bounds(weights: np.ndarray, parts: int, align: int = 1) -> list[int]:
+    """`parts + 1` cut points from 0 to len(weights), splitting the weights into runs of about
+    equal sum, at multiples of `align` (but the last)."""
+    n = len(weights)
+    cum = np.cumsum(weights, dtype=np.float64)
+    if n == 0 or cum[-1] <= 0:
+        cuts = np.arange(1, parts) * n // parts
+    else:
+        cuts = np.searchsorted(cum, cum[-1] * np.arange(1, parts) / parts) + 1
+    cuts = np.minimum((cuts + align // 2) // align * align, n)
+    return [0, *cuts.tolist(), n]
+
+
+def _done(value) -> Future:
+    f = Future()
+    f.set_result(value)
+    return f
+
+
 class FeatureStats:
-    """The one-pass accumulator behind `FeatureStatsResult`."""
+    """The one-pass accumulator behind `FeatureStatsResult`.
+
+    With one thread (`StatsConfig.threads = 1`) the per-feature pass runs in `update` and the
+    per-cell and per-gene work on a second thread, up to `LAG` chunks behind. With T > 1 each
+    chunk goes to T lanes (`_Lane`), each on its own thread: the per-feature pass split by
+    feature, the per-gene sums by gene, the per-cell work by token slices that begin where a
+    cell does (the cell a chunk cuts goes on in the lane that holds it). Every sum then adds
+    the same numbers in the same order as on one thread, so results are bit-identical; slices
+    of tokens with their own partial sums, added at the end, would differ in the last bits.
+    """
 
     def __init__(self, num_features: int, cfg: StatsConfig | None = None):
         self.cfg = cfg or StatsConfig()
-        self.num_features = num_features
+        F = self.num_features = num_features
         self.num_tokens = 0
-        self.act_sum = np.zeros(num_features, np.float64)
-        self.act_max = np.zeros(num_features, np.float32)
-        self.hist = np.zeros((NUM_BINS, num_features), np.int64)  # [bin, feature] (kernels)
-        self.top = TopK(num_features, self.cfg.top_tokens)
-        self.cells = _Cells(num_features)
-        self.units = _UnitSums(num_features, self.cfg.gene_batch)
+        self.act_sum = np.zeros(F, np.float64)
+        self.act_max = np.zeros(F, np.float32)
+        self.hist = np.zeros((NUM_BINS, F), np.int64)  # [bin, feature] (kernels)
+        self.top = TopK(F, self.cfg.top_tokens)
+        self.cells = _Cells(F)
+        self.units = _UnitSums(F, self.cfg.gene_batch)
         self.unit_tokens = np.zeros(0, np.int64)
-        self._pending: deque = deque()  # per-cell and per-gene work of chunks, in token order
+        self._pending: deque = deque()  # per chunk, the work still running, in token order
         self._pool: ThreadPoolExecutor | None = None
+        T = stats_threads(self.cfg.threads)
+        cuts = _bounds(np.zeros(F), T, 64)  # placed by the first chunk's non-zeros
+        self._lanes = [] if T == 1 else [_Lane(F, self.cfg, (cuts[k], cuts[k + 1]))
+                                         for k in range(T)]
+        self._placed = {"features": False, "units": False}
+        self._hold = 0  # the lane holding the cell the last chunk cut
+        self._pieces: list[Future] = []  # per cell slice, in token order: the cells written
+        self._buffered = 0  # gene-token non-zeros of the lanes' current gene batch
+
+    @property
+    def threads(self) -> int:
+        return max(len(self._lanes), 1)
 
     def update(self, chunk: EncodedChunk) -> None:
-        """Add the next chunk. Its per-cell and per-gene part may run on a second thread after
-        this returns, reading the chunk's arrays: leave them unchanged until the next `update`
-        returns (or `merge` or `result`)."""
+        """Add the next chunk. Its work may go on on other threads after this returns,
+        reading the chunk's arrays: leave them unchanged until the next `update` returns (or
+        `merge` or `result`)."""
         acts, src, F = chunk.acts, chunk.sources, self.num_features
         if acts.shape[1] != F:
             raise ValueError(f"chunk has {acts.shape[1]} features, expected {F}")
         self.num_tokens += acts.shape[0]
         # the kernels read scipy's arrays as they are: fresh copies cost page faults
         indptr, cols, vals = acts.indptr.astype(np.int64), acts.indices, acts.data
+        if self._lanes:
+            # sorted rows let each lane find its features by a search (scipy's check runs
+            # without the GIL, while the lanes work on the chunk before)
+            self._update_lanes(indptr, cols, vals, acts.has_sorted_indices, src, chunk.start)
+            return
         # per-cell and per-gene work touches other state than the per-feature pass, so a large
         # chunk's goes to a second thread (the kernels release the GIL), one chunk after another
         if len(cols) >= THREAD_NNZ:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(1, thread_name_prefix="feature-stats")
-            self._pending.append(self._pool.submit(self._gene_rows, indptr, cols, vals, src))
+            self._pending.append([self._pool.submit(self._gene_rows, indptr, cols, vals, src)])
         else:
             self._finish()
             self._gene_rows(indptr, cols, vals, src)
         feature_pass(self.hist, self.act_sum, self.act_max, self.top.values, self.top.ids,
-                     indptr, cols, vals, vals.view(np.int32), chunk.start)
-        self._wait(GENE_LAG)
+                     indptr, cols, vals, vals.view(np.int32), chunk.start, 0, F, False)
+        self._wait(LAG)
+
+    def _update_lanes(self, indptr, cols, vals, sorted_rows: bool, src: TokenSources, start: int
+                      ) -> None:
+        lanes, T = self._lanes, len(self._lanes)
+        lens = np.diff(indptr)
+        gene_rows = np.flatnonzero(src.unit >= 0)
+        if len(cols) and not self._placed["features"]:
+            self._wait()  # lanes change features only when none is at work
+            cuts = _bounds(np.bincount(cols, minlength=self.num_features), T, 64)
+            for k, lane in enumerate(lanes):
+                lane.features = (cuts[k], cuts[k + 1])
+            self._placed["features"] = True
+        units_cut = None
+        if self.cfg.per_unit and len(gene_rows):
+            self.unit_tokens = _counts_add(self.unit_tokens, src.unit[gene_rows])
+            if len(cols):
+                if not self._placed["units"]:
+                    self._wait()
+                    cuts = _bounds(np.bincount(src.unit[gene_rows], lens[gene_rows]), T)
+                    cuts[-1] = 1 << 62  # the last lane takes the units no chunk had yet
+                    for k, lane in enumerate(lanes):
+                        lane.place_units(cuts[k], cuts[k + 1])
+                    self._placed["units"] = True
+                # batches end where they would on one thread: the same sums in the same order
+                units_cut = self.units.cut(len(cols), self._buffered)
+                self._buffered = (0 if units_cut else self._buffered) + int(
+                    lens[gene_rows].sum())
+        slices = self._cell_slices(lens, gene_rows, src.record)
+        first = self._hold
+        cells = [None] * T
+        for s, (r0, r1) in enumerate(slices):
+            cells[(first + s) % T] = (r0, r1, s < len(slices) - 1)
+        self._hold = (first + len(slices) - 1) % T
+        stats = (self.hist, self.act_sum, self.act_max, self.top.values, self.top.ids)
+        args = [(stats, indptr, cols, vals, bool(sorted_rows), start, src, cells[k], units_cut)
+                for k in range(T)]
+        if len(cols) >= THREAD_NNZ:
+            work = [lane.submit(lane.step, *a) for lane, a in zip(lanes, args)]
+        else:
+            self._wait()
+            work = [_done(lane.step(*a)) for lane, a in zip(lanes, args)]
+        self._pieces += [work[(first + s) % T] for s in range(len(slices))]
+        self._pending.append(work)
+        self._wait(LAG)
+
+    def _cell_slices(self, lens, gene_rows, record) -> list[tuple[int, int]]:
+        """Token slices of a chunk, one per lane at most, of about equal gene-token non-zeros
+        (at least THREAD_NNZ each), each but the first beginning at a cell's first gene row."""
+        n = len(lens)
+        w = lens[gene_rows]
+        total = int(w.sum())
+        S = min(len(self._lanes), total // max(THREAD_NNZ, 1))
+        if S <= 1:
+            return [(0, n)]
+        rec = record[gene_rows]
+        new = np.flatnonzero(rec[1:] != rec[:-1]) + 1  # where in gene_rows a cell begins
+        if not len(new):
+            return [(0, n)]
+        before = np.cumsum(w)[new - 1]  # gene-token non-zeros before each
+        pick = np.unique(np.minimum(np.searchsorted(before, total * np.arange(1, S) / S),
+                                    len(new) - 1))
+        edges = [0, *gene_rows[new[pick]].tolist(), n]
+        return list(zip(edges[:-1], edges[1:]))
 
     def _wait(self, keep: int = 0) -> None:
-        """Let the second thread finish all but the last `keep` chunks (its errors raise here)."""
+        """Let the other threads finish all but the last `keep` chunks (errors raise here)."""
         while len(self._pending) > keep:
-            self._pending.popleft().result()
+            for f in self._pending.popleft():
+                f.result()
 
     def _finish(self) -> None:
+        """Wait for every thread; with lanes, bring their work into the one-thread form
+        (`cells` in token order, `units` as one part) and start them afresh."""
         self._wait()
         if self._pool is not None:
             self._pool.shutdown()
             self._pool = None
+        if not self._lanes:
+            return
+        lanes = self._lanes
+        parts = [lane.submit(lane.units.part) for lane in lanes]
+        held = lanes[self._hold].cells
+        n, m = held.n, held.m
+        held.flush()
+        parts = [f.result() for f in parts]
+        self.cells.extend([f.result() for f in self._pieces] + [(held, n, held.n, m, held.m)],
+                          lanes)
+        if any(p is not None for p in parts):
+            rows = [lane.units.hi - lane.units.lo for lane in lanes[:-1]] + [0]
+            self.units.parts.append(_stacked(parts, rows, lanes))
+            self.units.part()
+        for lane in lanes:
+            lane.close()
+            lane.cells = _Cells(self.num_features)
+            lane.place_units(lane.units.lo, lane.units.hi)
+        self._pieces, self._hold, self._buffered = [], 0, 0
 
     def _gene_rows(self, indptr, cols, vals, src) -> None:
         self.cells.keep(*cell_pass(indptr, cols, vals, src.record, src.unit,
@@ -369,7 +630,7 @@ class FeatureStats:
             on_unit = src.unit[src.unit >= 0]
             self.unit_tokens = _counts_add(self.unit_tokens, on_unit)
             if len(on_unit) and len(cols):
-                self.units.add(src.unit, indptr, cols, vals)
+                self.units.add(src.unit, indptr, cols, vals, self.units.cut(len(cols)))
 
     def merge(self, other: "FeatureStats") -> None:
         self._finish()
