@@ -12,7 +12,10 @@ Read and stats are timed side by side `--repeat` times (the machine is shared: t
 pair and their range are printed, with the load average).
 
     python bench/feature_stats.py [--tokens 131072] [--width 1024] [--latents 8192] [--k 32]
-                                  [--top 10] [--repeat 5]
+                                  [--top 10] [--repeat 5] [--threads 0[,1,2...]]
+
+`--threads` (StatsConfig.threads; 0: one per core, at most 8) takes a list: each count is timed
+in every repeat, next to the same read, and its ratios printed apart.
 
 Defaults: Pythia-410m's width (C2S-Pythia), a 8x dictionary with k=32, 2,000 genes, cells of
 200 tokens, top lists of `biollm features`' default length (--top-n 10). Encoding is the
@@ -45,7 +48,7 @@ import torch
 from biollm_engine.analysis.chunks import EncodedChunk, TokenSources
 from biollm_engine.analysis.encode import encode_activations
 from biollm_engine.analysis.pipeline import FeaturesConfig
-from biollm_engine.analysis.stats import FeatureStats, StatsConfig
+from biollm_engine.analysis.stats import FeatureStats, StatsConfig, stats_threads
 from biollm_engine.cache import ActivationCache, ShardWriter, new_index
 from biollm_engine.dictionaries.config import DictionaryConfig
 from biollm_engine.dictionaries.dictionary import Dictionary
@@ -84,7 +87,10 @@ def main() -> None:
     top_n = FeaturesConfig.__dataclass_fields__["top_n"].default
     ap.add_argument("--top", type=int, default=top_n, help="top tokens kept per feature")
     ap.add_argument("--repeat", type=int, default=5, help="read / stats pairs timed")
+    ap.add_argument("--threads", default="0",
+                    help="comma-separated StatsConfig.threads to time (0: one per core, <= 8)")
     args = ap.parse_args()
+    threads = [int(t) for t in args.threads.split(",")]
     torch.manual_seed(0)
     sae = Dictionary(DictionaryConfig(kind="sae", d_in=args.width, num_latents=args.latents,
                                       k=args.k, hookpoint="layers.1")).eval()
@@ -102,39 +108,51 @@ def main() -> None:
         # the compiled kernels load from numba's disk cache (or compile, the first time on a
         # machine) on first use: once per process, timed apart
         t = time.perf_counter()
-        cfg = StatsConfig(top_tokens=args.top)
-        warm = FeatureStats(args.latents, cfg)
-        warm.update(EncodedChunk(chunks[0].acts[:256], chunks[0].sources[:256], 0))
-        warm.result()
+        cfgs = [StatsConfig(top_tokens=args.top, threads=n) for n in threads]
+        for cfg in cfgs:
+            warm = FeatureStats(args.latents, cfg)
+            warm.update(EncodedChunk(chunks[0].acts[:256], chunks[0].sources[:256], 0))
+            warm.result()
         t_warm = time.perf_counter() - t
         n_cells = int(sources.record.max()) + 1
-        reads, stats = [], []
+        reads, stats = [], {t: [] for t in threads}
         for _ in range(args.repeat):
             t = time.perf_counter()
             raw = [cache.read("layers.1", a, b) for a, b in spans]
             reads.append(time.perf_counter() - t)
             del raw
-            t = time.perf_counter()
-            acc = FeatureStats(args.latents, cfg)
-            for c in chunks:
-                acc.update(c)
-            acc.result(num_cells=n_cells, num_units=args.genes)
-            stats.append(time.perf_counter() - t)
+            for cfg in cfgs:
+                t = time.perf_counter()
+                acc = FeatureStats(args.latents, cfg)
+                for c in chunks:
+                    acc.update(c)
+                acc.result(num_cells=n_cells, num_units=args.genes)
+                stats[cfg.threads].append(time.perf_counter() - t)
     n = cache.num_tokens
     print(f"{n} tokens, width {args.width}, {args.latents} latents, k={args.k}, "
-          f"{args.genes} genes, chunks of {args.chunk}, top {args.top}; load average "
-          + " ".join(f"{x:.1f}" for x in os.getloadavg()))
-    t_read, t_stats = float(np.median(reads)), float(np.median(stats))
-    for name, s in (("read", t_read), ("encode", t_encode), ("stats", t_stats)):
+          f"{args.genes} genes, chunks of {args.chunk}, top {args.top}; {os.cpu_count()} cores, "
+          "load average " + " ".join(f"{x:.1f}" for x in os.getloadavg()))
+    t_read = float(np.median(reads))
+    for name, s in (("read", t_read), ("encode", t_encode)):
         print(f"  {name:7s} {s:7.2f} s  {n / s:12,.0f} tok/s")
+    for t in threads:
+        t_stats = float(np.median(stats[t]))
+        print(f"  stats   {t_stats:7.2f} s  {n / t_stats:12,.0f} tok/s  "
+              f"(threads {args_threads(t)}: {stats_threads(t)} used)")
     print(f"  (read and stats: medians of {args.repeat}; kernel load/compile, once per process: "
           f"{t_warm:.2f} s)")
-    ratios = sorted(r / s for r, s in zip(reads, stats))
-    print("stats / read throughput per pair: " + " ".join(f"{x:.2f}" for x in ratios))
-    print(f"stats / read throughput: {float(np.median(ratios)):.2f} "
-          f"(range {ratios[0]:.2f}-{ratios[-1]:.2f})")
-    print("(read + encode + stats) / read throughput: "
-          f"{t_read / (t_read + t_encode + t_stats):.3f}")
+    for t in threads:
+        ratios = sorted(r / s for r, s in zip(reads, stats[t]))
+        print(f"threads {stats_threads(t)}: stats / read throughput per pair: "
+              + " ".join(f"{x:.2f}" for x in ratios))
+        print(f"threads {stats_threads(t)}: stats / read throughput: "
+              f"{float(np.median(ratios)):.2f} (range {ratios[0]:.2f}-{ratios[-1]:.2f}); "
+              "(read + encode + stats) / read throughput: "
+              f"{t_read / (t_read + t_encode + float(np.median(stats[t]))):.3f}")
+
+
+def args_threads(t: int) -> str:
+    return "auto" if t == 0 else str(t)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 `FeatureStats.update(chunk)` takes one `EncodedChunk` at a time; `merge` combines accumulators of
 disjoint token ranges (e.g. shards). Sums are kept in float64 and top lists break ties by token
-index, so any chunking gives the same `FeatureStatsResult` as one big chunk.
+index, so any chunking gives the same `FeatureStatsResult` as one big chunk, and any number of
+threads (`StatsConfig.threads`) the same as one, bit for bit.
 
 A feature *fires* on a token when its activation is non-zero; activations are non-negative, as
 every supported dictionary's are (ReLU, TopK, JumpReLU), so a cell's max over its tokens is the
@@ -47,8 +48,8 @@ class StatsConfig:
     gene_batch: int = field(default=1 << 22, metadata={
         "help": "gene-token non-zeros buffered per per-gene reduction (8 bytes each)"})
     threads: int = field(default=0, metadata={
-        "help": "threads: 0 = one per core, at most 8; 1 = the per-feature pass on the "
-                "caller's thread and per-cell and per-gene work on one more"})
+        "help": "threads: 0 = one per core, at most 8 (1 on two cores or fewer); 1 = the "
+                "per-feature pass on the caller's thread, per-cell and per-gene work on one more"})
 
 
 def _reduce(keys, vmax, vsum):
@@ -432,14 +433,15 @@ class _Lane:
 
 def stats_threads(threads: int = 0) -> int:
     """The threads `StatsConfig.threads` asks for (0: one per core this process may use, at
-    most 8)."""
+    most 8; on two cores or fewer 1, whose path already keeps two threads busy and measured
+    faster there than two lanes)."""
     if threads > 0:
         return threads
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         cores = os.cpu_count() or 1
-    return min(cores, 8)
+    return min(cores, 8) if cores > 2 else 1
 
 
 def _bounds(weights: np.ndarray, parts: int, align: int = 1) -> list[int]:
@@ -562,8 +564,9 @@ class FeatureStats:
         stats = (self.hist, self.act_sum, self.act_max, self.top.values, self.top.ids)
         args = [(stats, indptr, cols, vals, bool(sorted_rows), start, src, cells[k], units_cut)
                 for k in range(T)]
-        if len(cols) >= THREAD_NNZ:
-            work = [lane.submit(lane.step, *a) for lane, a in zip(lanes, args)]
+        if len(cols) >= THREAD_NNZ:  # the first lane's share on this thread, as it waits anyway
+            work = [lane.submit(lane.step, *a) for lane, a in zip(lanes[1:], args[1:])]
+            work.insert(0, _done(lanes[0].step(*args[0])))
         else:
             self._wait()
             work = [_done(lane.step(*a)) for lane, a in zip(lanes, args)]
