@@ -164,30 +164,28 @@ def cell_flush(cell, bits, cmax, csum, out_row, out_len, out_cols, out_max, out_
 
 
 @njit(cache=True, nogil=True)
-def group_count(group, indptr, start, lo, hi):  # pragma: no cover - compiled
-    """Add the non-zeros of CSR rows to their group's count, `start[group - lo + 1]`, for the
-    groups in [lo, hi) (other rows, and those of a negative group, are left out): the first
-    step of a counting sort by group."""
+def group_count(group, indptr, start):  # pragma: no cover - compiled
+    """Add the non-zeros of CSR rows to their group's count, `start[group + 1]` (rows with a
+    negative group are left out): the first step of a counting sort by group."""
     for r in range(len(group)):
-        g = group[r]
-        if g >= lo and g < hi:
-            start[g - lo + 1] += indptr[r + 1] - indptr[r]
+        if group[r] >= 0:
+            start[group[r] + 1] += indptr[r + 1] - indptr[r]
 
 
 @njit(cache=True, nogil=True)
-def group_scatter(group, indptr, cols, vals, fill, bcols, bvals, lo, hi):  # pragma: no cover
-    """Copy the non-zeros of the CSR rows of groups in [lo, hi) to their group's next free
-    places `fill[group - lo]` in `bcols`, `bvals`, reading the rows in order (the second step
-    of the counting sort)."""
+def group_scatter(group, indptr, cols, vals, fill, bcols, bvals):  # pragma: no cover
+    """Copy the non-zeros of CSR rows to their group's next free places `fill[group]` in
+    `bcols`, `bvals`, reading the rows in order (the second step of the counting sort; threads
+    given disjoint places may each do a slice of the rows)."""
     for r in range(len(group)):
         g = group[r]
-        if g >= lo and g < hi:
-            p = fill[g - lo]
+        if g >= 0:
+            p = fill[g]
             for j in range(indptr[r], indptr[r + 1]):
                 bcols[p] = cols[j]
                 bvals[p] = vals[j]
                 p += 1
-            fill[g - lo] = p
+            fill[g] = p
 
 
 @njit(cache=True, nogil=True)

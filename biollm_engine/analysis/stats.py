@@ -188,84 +188,93 @@ class _Worker(threading.Thread):
         return self.out
 
 
-def _reduce_rows(parts: np.ndarray, cols, vsum, count, F: int, split: bool = True
+def _reduce_rows(parts: np.ndarray, cols, vsum, count, F: int, lanes=None
                  ) -> tuple[np.ndarray, ...]:
-    """`kernels.merge_parts`; when large and `split`, its rows split in two halves of about
-    equal non-zeros, one of them on a second thread."""
+    """`kernels.merge_parts`; when large, its rows split into pieces of about equal non-zeros,
+    one per lane of `lanes` (None: two, one of them on a second thread)."""
     G = parts.shape[1] - 1
-    if not split or G < 2 or (parts[:, -1] - parts[:, 0]).sum() < THREAD_NNZ:
+    P = 2 if lanes is None else len(lanes)
+    if P < 2 or G < 2 or (parts[:, -1] - parts[:, 0]).sum() < THREAD_NNZ:
         return merge_parts(parts, cols, vsum, count, F)
     sizes = np.cumsum((parts[:, 1:] - parts[:, :-1]).sum(axis=0))
-    h = min(int(np.searchsorted(sizes, sizes[-1] / 2)) + 1, G - 1)  # rows [0, h) and [h, G)
-    worker = _Worker(merge_parts, np.ascontiguousarray(parts[:, h:]), cols, vsum, count, F)
-    try:
-        a = merge_parts(np.ascontiguousarray(parts[:, :h + 1]), cols, vsum, count, F)
-    finally:
-        b = worker.result()
-    return ((np.concatenate([a[0], b[0][1:] + a[0][-1]]),)
-            + tuple(np.concatenate(x) for x in zip(a[1:], b[1:])))
+    cuts = np.clip(np.searchsorted(sizes, sizes[-1] * np.arange(1, P) / P) + 1, 1, G - 1)
+    edges = [0, *np.unique(cuts).tolist(), G]
+    pieces = [np.ascontiguousarray(parts[:, a:b + 1]) for a, b in zip(edges[:-1], edges[1:])]
+    if lanes is None:
+        worker = _Worker(merge_parts, pieces[1], cols, vsum, count, F)
+        try:
+            out = [merge_parts(pieces[0], cols, vsum, count, F)]
+        finally:
+            out.append(worker.result())
+    else:
+        out = [f.result() for f in [lane.submit(merge_parts, p, cols, vsum, count, F)
+                                    for lane, p in zip(lanes, pieces)]]
+    indptrs = [out[0][0]]
+    for o in out[1:]:
+        indptrs.append(o[0][1:] + indptrs[-1][-1])
+    return (np.concatenate(indptrs),) + tuple(np.concatenate(x) for x in zip(*(o[1:] for o in out)))
 
 
-def _merge_units(parts: list[tuple[np.ndarray, ...]], F: int, split: bool = True
+def _merge_units(parts: list[tuple[np.ndarray, ...]], F: int, lanes=None
                  ) -> tuple[np.ndarray, ...]:
-    """One CSR part (indptr, cols, sum, count) from several (of any number of rows); sums add
-    up in part order, so merging a part at a time or all at once gives the same numbers."""
+    """One CSR part (indptr, cols, sum, count) from several (of any number of rows)."""
     G = max(len(p[0]) for p in parts) - 1
     offsets = np.cumsum([0] + [len(p[1]) for p in parts])
     indptrs = np.stack([np.pad(p[0], (0, G + 1 - len(p[0])), mode="edge") + o
                         for p, o in zip(parts, offsets)])
-    return _reduce_rows(indptrs, *(np.concatenate(x) for x in list(zip(*parts))[1:]), F, split)
+    return _reduce_rows(indptrs, *(np.concatenate(x) for x in list(zip(*parts))[1:]), F, lanes)
 
 
 class _UnitSums:
-    """Running per-unit (gene) activation sums and fire counts of the units in [lo, hi), as CSR
-    parts [units, F] (row 0 is unit `lo`).
+    """Running per-unit (gene) activation sums and fire counts, as CSR parts [units, F].
 
     A gene's tokens are scattered over the data set: each chunk's rows are counting-sorted by
     unit into a batch buffer as they come, and a full batch is reduced to one part; parts are
-    combined when they outgrow the combined one, so each entry is combined O(1) times. Where
-    batches end is the caller's choice (`cut`): a gene's sum adds its batches' sums in order,
-    so the same cuts give the same numbers however the units are shared out.
+    combined when they outgrow the combined one, so each entry is combined O(1) times.
+    Reductions run on `lanes` when given (pieces of units), else in two halves.
     """
 
-    def __init__(self, num_features: int, batch: int, lo: int = 0, hi: int = 1 << 62,
-                 split: bool = True, room: int = 8):
+    def __init__(self, num_features: int, batch: int, lanes=None):
         self.F = num_features
         self.batch = max(int(batch), 1)
-        self.lo, self.hi, self.split = lo, hi, split
-        self.room = room  # at most this many chunks' worth of room in a new batch buffer
+        self.lanes = lanes
         self.cols, self.vals = np.zeros(0, np.int32), np.zeros(0, np.float32)  # batch buffer
         self.starts: list[np.ndarray] = []  # per chunk: where each unit's entries begin
         self.buffered = 0
         self.parts: list[tuple[np.ndarray, ...]] = []  # the first: the combined one
 
-    def cut(self, nnz: int, buffered: int | None = None) -> bool:
-        """Whether a chunk of `nnz` non-zeros starts a new batch (after `buffered` gene-token
-        non-zeros, by default this one's own)."""
-        buffered = self.buffered if buffered is None else buffered
-        return buffered > 0 and buffered + nnz > self.batch
+    def cut(self, nnz: int) -> bool:
+        """Whether a chunk of `nnz` non-zeros starts a new batch."""
+        return self.buffered > 0 and self.buffered + nnz > self.batch
 
-    def add(self, unit: np.ndarray, indptr: np.ndarray, cols: np.ndarray, vals: np.ndarray,
-            cut: bool) -> None:
-        """CSR rows with their unit (-1: left out); `cut`: reduce the buffered batch first."""
-        if cut:
+    def add(self, unit: np.ndarray, indptr: np.ndarray, cols: np.ndarray, vals: np.ndarray
+            ) -> None:
+        """CSR rows with their unit (-1: left out)."""
+        if self.cut(len(cols)):
             self._reduce()
-        n = min(int(unit.max()) + 1, self.hi) - self.lo
-        if n <= 0:
-            return
-        start = np.zeros(n + 1, np.int64)
-        group_count(unit, indptr, start, self.lo, self.hi)
-        np.cumsum(start, out=start)
-        if start[-1] == 0:
-            return
-        start += self.buffered
-        ahead = min(max(self.batch // max(int(start[-1]), 1), 1), self.room)  # for the batch
-        self.cols = _grown(self.cols, self.buffered, start[-1], ahead)
+        for fill in self.place(unit, indptr, [(0, len(unit))]):
+            group_scatter(unit, indptr, cols, vals, fill, self.cols, self.vals)
+
+    def place(self, unit, indptr, slices: list[tuple[int, int]], before_growing=None
+              ) -> list[np.ndarray]:
+        """Count a chunk's rows by unit and make room: -> for each row slice (in token order),
+        where its rows of each unit go in the batch buffer (`kernels.group_scatter`'s `fill`),
+        as one pass over the rows would put them. Calls `before_growing` first if the buffer
+        must grow. [] when the rows hold no entries."""
+        counts = np.zeros((len(slices), int(unit.max()) + 2), np.int64)
+        for (r0, r1), c in zip(slices, counts):
+            group_count(unit[r0:r1], indptr[r0:r1 + 1], c)
+        start = np.cumsum(counts.sum(axis=0)) + self.buffered
+        if start[-1] == self.buffered:
+            return []
+        if len(self.cols) < start[-1] and before_growing is not None:
+            before_growing()
+        ahead = min(max(self.batch // max(int(start[-1]) - self.buffered, 1), 1), 8)
+        self.cols = _grown(self.cols, self.buffered, start[-1], ahead)  # room for the batch
         self.vals = _grown(self.vals, self.buffered, start[-1], ahead)
-        group_scatter(unit, indptr, cols, vals, start[:-1].copy(), self.cols, self.vals,
-                      self.lo, self.hi)
         self.starts.append(start)
         self.buffered = int(start[-1])
+        return list(start[:-1] + (np.cumsum(counts, axis=0) - counts)[:, 1:])
 
     def _reduce(self) -> None:
         """The buffered batch to a part."""
@@ -275,24 +284,19 @@ class _UnitSums:
         starts = np.stack([np.pad(s, (0, G - len(s)), mode="edge") for s in self.starts])
         self.starts, self.buffered = [], 0
         self.parts.append(_reduce_rows(starts, self.cols, self.vals, np.zeros(0, np.int64),
-                                       self.F, self.split))
+                                       self.F, self.lanes))
         if sum(len(p[1]) for p in self.parts[1:]) >= len(self.parts[0][1]):
-            self.parts = [_merge_units(self.parts, self.F, self.split)]
-
-    def part(self) -> tuple[np.ndarray, ...] | None:
-        """Everything so far as one part (indptr, cols, sum, count), or None."""
-        self._reduce()
-        if len(self.parts) > 1:
-            self.parts = [_merge_units(self.parts, self.F, self.split)]
-        return self.parts[0] if self.parts else None
+            self.parts = [_merge_units(self.parts, self.F, self.lanes)]
 
     def result(self, n_units: int) -> tuple[sp.csr_matrix, sp.csr_matrix]:
         """(sum, fire count) [n_units, F]."""
-        part = self.part()
-        if part is None:
+        self._reduce()
+        if not self.parts:
             empty = sp.csr_matrix((n_units, self.F))
             return empty, empty.astype(np.int64)
-        indptr, cols, vsum, count = part
+        if len(self.parts) > 1:
+            self.parts = [_merge_units(self.parts, self.F, self.lanes)]
+        indptr, cols, vsum, count = self.parts[0]
         indptr = np.pad(indptr, (0, n_units + 1 - len(indptr)), mode="edge")
         shape = (n_units, self.F)
         return (sp.csr_matrix((vsum, cols, indptr), shape=shape),
@@ -302,25 +306,7 @@ class _UnitSums:
         self._reduce()
         other._reduce()
         if self.parts or other.parts:
-            self.parts = [_merge_units(self.parts + other.parts, self.F)]
-
-
-def _stacked(parts: list[tuple[np.ndarray, ...] | None], rows: list[int], lanes=()
-             ) -> tuple[np.ndarray, ...]:
-    """One part from parts of consecutive unit ranges, `rows[i]` units each (the last: as many
-    as it has); the copies shared out over `lanes`, if any."""
-    empty = (np.zeros(1, np.int64), np.zeros(0, np.int32), np.zeros(0, np.float64),
-             np.zeros(0, np.int64))
-    parts = [empty if p is None else p for p in parts]
-    indptrs, offset = [np.zeros(1, np.int64)], 0
-    for p, n in zip(parts, rows):
-        ip = p[0][1:] + offset
-        indptrs.append(np.concatenate([ip, np.full(max(n - len(ip), 0), offset + len(p[1]))]))
-        offset += len(p[1])
-    out = tuple(np.empty(offset, a.dtype) for a in empty[1:])
-    at = np.cumsum([0] + [len(p[1]) for p in parts])
-    _copy([(o, a, x) for p, a in zip(parts, at) for o, x in zip(out, p[1:])], lanes)
-    return (np.concatenate(indptrs),) + out
+            self.parts = [_merge_units(self.parts + other.parts, self.F, self.lanes)]
 
 
 def _copy(jobs: list[tuple[np.ndarray, int, np.ndarray]], lanes=()) -> None:
@@ -384,20 +370,15 @@ class FeatureStatsResult:
 
 class _Lane:
     """One worker thread's share of every chunk: the features in [f0, f1) of the per-feature
-    pass (written into the accumulator's arrays, where no other lane writes), the units of its
-    range of the per-gene sums, and the cells of one token slice (its own `_Cells`). Its steps
-    run one after another on its own thread, in the order they were given."""
+    pass (written into the accumulator's arrays, where no other lane writes), and one token
+    slice of the per-cell work (into its own `_Cells`) and of the per-gene counting sort (into
+    places of the shared batch buffer that no other slice has). Its steps run one after another
+    on its own thread, in the order they were given."""
 
-    def __init__(self, num_features: int, cfg: StatsConfig, features: tuple[int, int]):
-        self.F, self.batch = num_features, cfg.gene_batch
+    def __init__(self, num_features: int, features: tuple[int, int]):
         self.features = features
         self.cells = _Cells(num_features)
-        self.place_units(0, 0)
         self.pool: ThreadPoolExecutor | None = None
-
-    def place_units(self, lo: int, hi: int) -> None:
-        # a lane's share of a chunk varies more than the whole: twice the room
-        self.units = _UnitSums(self.F, self.batch, lo, hi, split=False, room=16)
 
     def submit(self, fn, *args) -> Future:
         if self.pool is None:
@@ -410,25 +391,25 @@ class _Lane:
             self.pool = None
 
     def step(self, stats: tuple, indptr, cols, vals, sorted_rows: bool, start: int,
-             src: TokenSources, cells: tuple[int, int, bool] | None, units_cut: bool | None):
-        """One chunk's share (`sorted_rows`: each row's columns are in order). `cells`: this lane's token slice (first row, end row, whether
-        its last cell ends there), `units_cut`: whether the gene sums start a new batch (None:
-        no gene rows). -> the cells written, as (cells, rows n0:n1, entries m0:m1), or None."""
+             src: TokenSources, rows: tuple[int, int, bool] | None, units: tuple | None):
+        """One chunk's share (`sorted_rows`: each row's columns are in order). `rows`: this
+        lane's token slice (first row, end row, whether its last cell ends there); `units`:
+        (fill, buffer columns, buffer values) for the slice's gene rows, or None. -> the cells
+        written, as (cells, rows n0:n1, entries m0:m1), or None."""
         feature_pass(*stats, indptr, cols, vals, vals.view(np.int32), start, *self.features,
                      sorted_rows)
-        piece = None
-        if cells is not None:
-            r0, r1, ends = cells
-            c = self.cells
-            n, m = c.n, c.m
-            c.keep(*cell_pass(indptr[r0:r1 + 1], cols, vals, src.record[r0:r1], src.unit[r0:r1],
-                              *c.buffers(r1 - r0, int(indptr[r1] - indptr[r0]))))
-            if ends:
-                c.flush()
-            piece = (c, n, c.n, m, c.m)
-        if units_cut is not None:
-            self.units.add(src.unit, indptr, cols, vals, units_cut)
-        return piece
+        if rows is None:
+            return None
+        r0, r1, ends = rows
+        if units is not None:
+            group_scatter(src.unit[r0:r1], indptr[r0:r1 + 1], cols, vals, *units)
+        c = self.cells
+        n, m = c.n, c.m
+        c.keep(*cell_pass(indptr[r0:r1 + 1], cols, vals, src.record[r0:r1], src.unit[r0:r1],
+                          *c.buffers(r1 - r0, int(indptr[r1] - indptr[r0]))))
+        if ends:
+            c.flush()
+        return c, n, c.n, m, c.m
 
 
 def stats_threads(threads: int = 0) -> int:
@@ -468,11 +449,13 @@ class FeatureStats:
 
     With one thread (`StatsConfig.threads = 1`) the per-feature pass runs in `update` and the
     per-cell and per-gene work on a second thread, up to `LAG` chunks behind. With T > 1 each
-    chunk goes to T lanes (`_Lane`), each on its own thread: the per-feature pass split by
-    feature, the per-gene sums by gene, the per-cell work by token slices that begin where a
-    cell does (the cell a chunk cuts goes on in the lane that holds it). Every sum then adds
-    the same numbers in the same order as on one thread, so results are bit-identical; slices
-    of tokens with their own partial sums, added at the end, would differ in the last bits.
+    chunk goes to T lanes (`_Lane`), the first on the caller's thread, the others on their own
+    (up to `LAG` chunks behind): the per-feature pass split by feature, the per-cell work and
+    the per-gene counting sort by token slices that begin where a cell does (the cell a chunk
+    cuts goes on in the lane that holds it; each slice's gene rows go where one pass would put
+    them), per-gene reductions by gene. Every sum then adds the same numbers in the same order
+    as on one thread, so results are bit-identical; token slices with partial sums of their
+    own, added at the end, would differ in the last bits.
     """
 
     def __init__(self, num_features: int, cfg: StatsConfig | None = None):
@@ -484,18 +467,16 @@ class FeatureStats:
         self.hist = np.zeros((NUM_BINS, F), np.int64)  # [bin, feature] (kernels)
         self.top = TopK(F, self.cfg.top_tokens)
         self.cells = _Cells(F)
-        self.units = _UnitSums(F, self.cfg.gene_batch)
+        T = stats_threads(self.cfg.threads)
+        cuts = _bounds(np.zeros(F), T, 64)  # placed by the first chunk's non-zeros
+        self._lanes = [] if T == 1 else [_Lane(F, (cuts[k], cuts[k + 1])) for k in range(T)]
+        self.units = _UnitSums(F, self.cfg.gene_batch, self._lanes or None)
         self.unit_tokens = np.zeros(0, np.int64)
         self._pending: deque = deque()  # per chunk, the work still running, in token order
         self._pool: ThreadPoolExecutor | None = None
-        T = stats_threads(self.cfg.threads)
-        cuts = _bounds(np.zeros(F), T, 64)  # placed by the first chunk's non-zeros
-        self._lanes = [] if T == 1 else [_Lane(F, self.cfg, (cuts[k], cuts[k + 1]))
-                                         for k in range(T)]
-        self._placed = {"features": False, "units": False}
+        self._placed = False  # the lanes' features, by the first chunk's non-zeros
         self._hold = 0  # the lane holding the cell the last chunk cut
         self._pieces: list[Future] = []  # per cell slice, in token order: the cells written
-        self._buffered = 0  # gene-token non-zeros of the lanes' current gene batch
 
     @property
     def threads(self) -> int:
@@ -534,35 +515,33 @@ class FeatureStats:
         lanes, T = self._lanes, len(self._lanes)
         lens = np.diff(indptr)
         gene_rows = np.flatnonzero(src.unit >= 0)
-        if len(cols) and not self._placed["features"]:
+        if len(cols) and not self._placed:
             self._wait()  # lanes change features only when none is at work
             cuts = _bounds(np.bincount(cols, minlength=self.num_features), T, 64)
             for k, lane in enumerate(lanes):
                 lane.features = (cuts[k], cuts[k + 1])
-            self._placed["features"] = True
-        units_cut = None
+            self._placed = True
+        slices = self._slices(lens, gene_rows, src.record)
+        fills = []
         if self.cfg.per_unit and len(gene_rows):
             self.unit_tokens = _counts_add(self.unit_tokens, src.unit[gene_rows])
             if len(cols):
-                if not self._placed["units"]:
+                units = self.units
+                if units.cut(len(cols)):
                     self._wait()
-                    cuts = _bounds(np.bincount(src.unit[gene_rows], lens[gene_rows]), T)
-                    cuts[-1] = 1 << 62  # the last lane takes the units no chunk had yet
-                    for k, lane in enumerate(lanes):
-                        lane.place_units(cuts[k], cuts[k + 1])
-                    self._placed["units"] = True
-                # batches end where they would on one thread: the same sums in the same order
-                units_cut = self.units.cut(len(cols), self._buffered)
-                self._buffered = (0 if units_cut else self._buffered) + int(
-                    lens[gene_rows].sum())
-        slices = self._cell_slices(lens, gene_rows, src.record)
+                    units._reduce()
+                # (the lanes may still write the chunk before into the buffer it would grow)
+                fills = units.place(src.unit, indptr, slices, self._wait)
         first = self._hold
-        cells = [None] * T
+        rows, scatter = [None] * T, [None] * T
         for s, (r0, r1) in enumerate(slices):
-            cells[(first + s) % T] = (r0, r1, s < len(slices) - 1)
+            k = (first + s) % T
+            rows[k] = (r0, r1, s < len(slices) - 1)
+            if fills:
+                scatter[k] = (fills[s], self.units.cols, self.units.vals)
         self._hold = (first + len(slices) - 1) % T
         stats = (self.hist, self.act_sum, self.act_max, self.top.values, self.top.ids)
-        args = [(stats, indptr, cols, vals, bool(sorted_rows), start, src, cells[k], units_cut)
+        args = [(stats, indptr, cols, vals, bool(sorted_rows), start, src, rows[k], scatter[k])
                 for k in range(T)]
         if len(cols) >= THREAD_NNZ:  # the first lane's share on this thread, as it waits anyway
             work = [lane.submit(lane.step, *a) for lane, a in zip(lanes[1:], args[1:])]
@@ -574,7 +553,7 @@ class FeatureStats:
         self._pending.append(work)
         self._wait(LAG)
 
-    def _cell_slices(self, lens, gene_rows, record) -> list[tuple[int, int]]:
+    def _slices(self, lens, gene_rows, record) -> list[tuple[int, int]]:
         """Token slices of a chunk, one per lane at most, of about equal gene-token non-zeros
         (at least THREAD_NNZ each), each but the first beginning at a cell's first gene row."""
         n = len(lens)
@@ -600,8 +579,8 @@ class FeatureStats:
                 f.result()
 
     def _finish(self) -> None:
-        """Wait for every thread; with lanes, bring their work into the one-thread form
-        (`cells` in token order, `units` as one part) and start them afresh."""
+        """Wait for every thread; with lanes, bring their cells into `cells`, in token order,
+        and start them afresh."""
         self._wait()
         if self._pool is not None:
             self._pool.shutdown()
@@ -609,22 +588,18 @@ class FeatureStats:
         if not self._lanes:
             return
         lanes = self._lanes
-        parts = [lane.submit(lane.units.part) for lane in lanes]
         held = lanes[self._hold].cells
         n, m = held.n, held.m
         held.flush()
-        parts = [f.result() for f in parts]
         self.cells.extend([f.result() for f in self._pieces] + [(held, n, held.n, m, held.m)],
                           lanes)
-        if any(p is not None for p in parts):
-            rows = [lane.units.hi - lane.units.lo for lane in lanes[:-1]] + [0]
-            self.units.parts.append(_stacked(parts, rows, lanes))
-            self.units.part()
         for lane in lanes:
-            lane.close()
             lane.cells = _Cells(self.num_features)
-            lane.place_units(lane.units.lo, lane.units.hi)
-        self._pieces, self._hold, self._buffered = [], 0, 0
+        self._pieces, self._hold = [], 0
+
+    def _close(self) -> None:
+        for lane in self._lanes:
+            lane.close()
 
     def _gene_rows(self, indptr, cols, vals, src) -> None:
         self.cells.keep(*cell_pass(indptr, cols, vals, src.record, src.unit,
@@ -633,7 +608,7 @@ class FeatureStats:
             on_unit = src.unit[src.unit >= 0]
             self.unit_tokens = _counts_add(self.unit_tokens, on_unit)
             if len(on_unit) and len(cols):
-                self.units.add(src.unit, indptr, cols, vals, self.units.cut(len(cols)))
+                self.units.add(src.unit, indptr, cols, vals)
 
     def merge(self, other: "FeatureStats") -> None:
         self._finish()
@@ -647,6 +622,8 @@ class FeatureStats:
         self.units.merge(other.units)
         self.unit_tokens = _counts_add(self.unit_tokens, np.repeat(
             np.arange(len(other.unit_tokens)), other.unit_tokens))
+        self._close()
+        other._close()
 
     def result(self, num_cells: int | None = None, num_units: int | None = None
                ) -> FeatureStatsResult:
@@ -656,6 +633,7 @@ class FeatureStats:
         unit_tokens = np.zeros(n_units, np.int64)
         unit_tokens[: len(self.unit_tokens)] = self.unit_tokens
         unit_sum, unit_fires = self.units.result(n_units)
+        self._close()
         return FeatureStatsResult(
             self.num_tokens, self.hist.sum(axis=0), self.act_sum.copy(), self.act_max.copy(),
             np.ascontiguousarray(self.hist.T), self.top.values.copy(), self.top.ids.copy(),
