@@ -198,6 +198,28 @@ def test_any_thread_count_gives_bit_identical_results(monkeypatch, gene_batch):
             assert_identical(one, run(threads, chunk))
 
 
+def test_rows_with_unsorted_columns_give_the_same_results(monkeypatch):
+    # lanes search sorted rows for their features and scan the others: both give the same
+    monkeypatch.setattr(stats_module, "THREAD_NNZ", 0)
+    rng = np.random.default_rng(19)
+    dense, src = make_tokens(rng, n_cells=30, n_features=200, density=0.3)
+    cfg = StatsConfig(top_tokens=3, threads=3)
+    ordered = feature_stats(chunked(dense, src, 11), 200, cfg, num_cells=30, num_units=9)
+
+    def reversed_rows(chunk):
+        m = chunk.acts
+        row = np.repeat(np.arange(m.shape[0]), np.diff(m.indptr))
+        order = np.lexsort((-m.indices, row))
+        chunk.acts = sp.csr_matrix((m.data[order], m.indices[order], m.indptr), shape=m.shape)
+        assert not chunk.acts.has_sorted_indices or m.nnz < 2
+        return chunk
+
+    shuffled = feature_stats(map(reversed_rows, chunked(dense, src, 11)), 200, cfg,
+                             num_cells=30, num_units=9)
+    assert_identical(ordered, shuffled)
+    check_equal(ordered, dense_reference(dense, src, 30, 9), dense)
+
+
 def test_auto_threads_use_the_cores_up_to_eight():
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     auto = min(cores, 8) if cores > 2 else 1

@@ -70,47 +70,61 @@ def _drain(bits, a, b, a_empty, scale, out_cols, out_a, out_b, m):  # pragma: no
     return m
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _feature_add(hist, act_sum, act_max, top_v, top_i, thr, f0, f, v, bits, i
+                 ):  # pragma: no cover - compiled
+    nb = hist.shape[0]
+    K = top_v.shape[1]
+    b = ((bits >> 23) - 127) + 11
+    hist[min(max(b, 0), nb - 1), f] += 1
+    act_sum[f] += v
+    act_max[f] = max(act_max[f], v)
+    if v >= thr[f - f0] and K:
+        _insert(top_v, top_i, f, v, i)
+        thr[f - f0] = top_v[f, K - 1]
+
+
 @njit(cache=True, nogil=True)
 def feature_pass(hist, act_sum, act_max, top_v, top_i, indptr, cols, vals, bits, start, f0, f1,
                  sorted_rows):  # pragma: no cover - compiled
     """Per-feature statistics of a CSR chunk in one pass, for the features in [f0, f1) (one
-    thread's share; the others skip them, and where each row's columns are sorted, search for
-    them): histogram counts `hist[bin, feature]` (bin from the float32 exponent:
+    thread's share): histogram counts `hist[bin, feature]` (bin from the float32 exponent:
     searchsorted(stats.HIST_EDGES, v, 'right'); bins as rows keep the few hot ones in cache),
-    float64 sums, max, top lists (ids = row + start)."""
-    nb = hist.shape[0]
+    float64 sums, max, top lists (ids = row + start). Where each row's columns are sorted, a
+    range in the lower half of the features is found from the row's start, one in the upper
+    half from its end, and nothing else is read (a feature occurs once per row, so the order
+    within a row changes no number)."""
     K = top_v.shape[1]
+    upper = f0 + f1 > act_sum.shape[0]
     # the K-th best of each feature (-inf while unfilled) in a small array: most values stop at
     # one compare there
     thr = np.full(f1 - f0, np.inf, np.float32)
     if K:
         thr[:] = top_v[f0:f1, K - 1]
     for r in range(len(indptr) - 1):
-        lo, hi = indptr[r], indptr[r + 1]
-        if sorted_rows:
-            while lo < hi:  # the first column >= f0
-                mid = (lo + hi) >> 1
-                if cols[mid] < f0:
-                    lo = mid + 1
-                else:
-                    hi = mid
-            hi = indptr[r + 1]
-        for j in range(lo, hi):
-            f = cols[j]
-            if f >= f1:
-                if sorted_rows:
-                    break
-                continue
-            if f < f0:
-                continue
-            v = vals[j]
-            b = ((bits[j] >> 23) - 127) + 11
-            hist[min(max(b, 0), nb - 1), f] += 1
-            act_sum[f] += v
-            act_max[f] = max(act_max[f], v)
-            if v >= thr[f - f0] and K:
-                _insert(top_v, top_i, f, v, r + start)
-                thr[f - f0] = top_v[f, K - 1]
+        lo, hi, i = indptr[r], indptr[r + 1], r + start
+        if not sorted_rows:
+            for j in range(lo, hi):
+                f = cols[j]
+                if f >= f0 and f < f1:
+                    _feature_add(hist, act_sum, act_max, top_v, top_i, thr, f0, f, vals[j],
+                                 bits[j], i)
+        elif upper:
+            j = hi - 1
+            while j >= lo and cols[j] >= f1:
+                j -= 1
+            while j >= lo and cols[j] >= f0:
+                _feature_add(hist, act_sum, act_max, top_v, top_i, thr, f0, cols[j], vals[j],
+                             bits[j], i)
+                j -= 1
+        else:
+            j = lo
+            while j < hi and cols[j] < f0:
+                j += 1
+            while j < hi and cols[j] < f1:
+                _feature_add(hist, act_sum, act_max, top_v, top_i, thr, f0, cols[j], vals[j],
+                             bits[j], i)
+                j += 1
 
 
 @njit(cache=True, nogil=True, inline="always")
