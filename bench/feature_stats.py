@@ -32,6 +32,14 @@ the 7 pairs, their range, and the load average the bench printed): 1.41 (1.15-1.
 time goes (one thread, ms of CPU per 131k tokens): per-feature pass 43 (half of it the top
 lists), per-cell 23, per-gene counting sort 17-21 and reduction 27, the rest (result matrices,
 Python) about 15; reading the same chunks costs 225-290 ms of CPU, most of it page faults.
+
+Threads (`StatsConfig.threads`, bit-identical results for any count): on a 16-core GPU
+workstation the one-thread path gave 0.29 (0.18-0.40): read 0.03 s, stats 0.12 s. Lanes are for
+such machines; auto picks 1 on two cores. Here, `--repeat 7 --threads 1,2,0` (2026-11-25, load
+3.5-3.7, the other engineers' jobs running): threads 1 1.19 and 1.27 (auto), threads 2 1.23;
+then threads 1 1.18 and 1.10 (auto), threads 2 1.04; once threads 1 1.30 and 1.21, threads 2
+0.96. Two lanes use the CPU of one thread (the same kernels, split), so on two busy cores they
+draw level at best.
 """
 
 from __future__ import annotations
