@@ -142,8 +142,9 @@ class _Cells:
         other.flush()
         self.extend([(other, 0, other.n, 0, other.m)])
 
-    def result(self, num_cells: int | None) -> tuple[sp.csr_matrix, sp.csr_matrix, np.ndarray]:
-        """(max, mean, gene tokens per cell)."""
+    def result(self, num_cells: int | None, lanes=()
+               ) -> tuple[sp.csr_matrix, sp.csr_matrix, np.ndarray]:
+        """(max, mean, gene tokens per cell); copies shared out over `lanes`, if any."""
         self.flush()
         F = self.F
         (row, lens), (cols, vmax, vmean) = ((a[:self.n] for a in self.rows),
@@ -156,7 +157,8 @@ class _Cells:
             indptr[rec + 1] = lens
             indptr = np.cumsum(indptr).astype(cols.dtype if len(cols) < 2**31 else np.int64)
             return (sp.csr_matrix((vmax, cols, indptr), shape=(n_cells, F)),
-                    sp.csr_matrix((vmean, cols.copy(), indptr.copy()), shape=(n_cells, F)),
+                    sp.csr_matrix((vmean, _copied(cols, lanes), indptr.copy()),
+                                  shape=(n_cells, F)),
                     tokens)
         # a cell written in several pieces (tokens out of record order, merged accumulators)
         keys, vmax, vsum = _reduce(np.repeat(rec, lens) * F + cols, vmax,
@@ -300,13 +302,20 @@ class _UnitSums:
         indptr = np.pad(indptr, (0, n_units + 1 - len(indptr)), mode="edge")
         shape = (n_units, self.F)
         return (sp.csr_matrix((vsum, cols, indptr), shape=shape),
-                sp.csr_matrix((count, cols.copy(), indptr.copy()), shape=shape))
+                sp.csr_matrix((count, _copied(cols, self.lanes or ()), indptr.copy()),
+                              shape=shape))
 
     def merge(self, other: "_UnitSums") -> None:
         self._reduce()
         other._reduce()
         if self.parts or other.parts:
             self.parts = [_merge_units(self.parts + other.parts, self.F, self.lanes)]
+
+
+def _copied(a: np.ndarray, lanes=()) -> np.ndarray:
+    out = np.empty_like(a)
+    _copy([(out, 0, a)], lanes)
+    return out
 
 
 def _copy(jobs: list[tuple[np.ndarray, int, np.ndarray]], lanes=()) -> None:
@@ -316,7 +325,9 @@ def _copy(jobs: list[tuple[np.ndarray, int, np.ndarray]], lanes=()) -> None:
         for dst, at, src in which:
             dst[at:at + len(src)] = src
 
-    jobs = sorted(jobs, key=lambda j: -len(j[2]) * j[2].itemsize)
+    block = 1 << 20  # elements: large copies in pieces, for every lane to have some
+    jobs = [(d, a + i, x[i:i + block]) for d, a, x in jobs for i in range(0, len(x), block)]
+    jobs.sort(key=lambda j: -len(j[2]) * j[2].itemsize)
     T = len(lanes)
     if T < 2:
         run(jobs)
@@ -628,7 +639,7 @@ class FeatureStats:
     def result(self, num_cells: int | None = None, num_units: int | None = None
                ) -> FeatureStatsResult:
         self._finish()
-        cell_max, cell_mean, cell_tokens = self.cells.result(num_cells)
+        cell_max, cell_mean, cell_tokens = self.cells.result(num_cells, self._lanes)
         n_units = max(num_units or 0, len(self.unit_tokens))
         unit_tokens = np.zeros(n_units, np.int64)
         unit_tokens[: len(self.unit_tokens)] = self.unit_tokens
