@@ -33,8 +33,11 @@ time goes (one thread, ms of CPU per 131k tokens): per-feature pass 43 (half of 
 lists), per-cell 23, per-gene counting sort 17-21 and reduction 27, the rest (result matrices,
 Python) about 15; reading the same chunks costs 225-290 ms of CPU, most of it page faults.
 
-Threads (`StatsConfig.threads`, bit-identical results for any count): on a 16-core GPU
-workstation the one-thread path gave 0.29 (0.18-0.40): read 0.03 s, stats 0.12 s. Lanes are for
+Threads (`StatsConfig.threads`, bit-identical results for any count): on a 16-core H100
+workstation (idle) the one-thread path gave 0.29 (0.18-0.40): read 0.03 s, stats 0.12 s; with
+lanes (commit 5f2aa8f, `--repeat 5 --threads 1,4,8`) read ran at 7.1 M tok/s (a warm page
+cache there is a memory copy) and stats at 1.32 / 1.53 / 1.98 M tok/s: 0.20 / 0.23 / 0.31 of
+reading. The goal is not met on such a machine: eight lanes give 1.5x, not 8x. Lanes are for
 such machines; auto picks 1 on two cores. Here, `--repeat 7 --threads 1,2,0` (2026-11-25, load
 3.5-3.7, the other engineers' jobs running): threads 1 1.19 and 1.27 (auto), threads 2 1.23;
 then threads 1 1.18 and 1.10 (auto), threads 2 1.04; once threads 1 1.30 and 1.21, threads 2
