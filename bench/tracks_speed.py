@@ -1,21 +1,43 @@
 """`biollm tracks` on a 1 Mb record: time against a bare forward over the same windows, and
 peak memory.
 
-A 2-layer, width-64 GPTNeoX reading byte tokens (random weights, made from its config in a
-temporary folder) and a 512-latent ReLU SAE on `layers.1` (each latent firing on ~3% of
-bases) run over a 1,000,000-base random
-record (FASTA, one line per 80 bases) in windows of 1024 with stride 512 (every base read
-twice). `run_tracks` (model, SAE, per-base merge, 4 bedGraphs, statistics, logos) is timed
-against the model's body alone over the same windows and batches, bare forward first and last
-so that a busy machine slows both alike. Peak RSS is read from the kernel (ru_maxrss) after
-each stage; a whole-record in-memory track would need 4 bytes x features x bases on top.
+A GPTNeoX reading byte tokens (random weights, made from its config in a temporary folder;
+2 layers of width 64 by default, `--layers 4 --width 256` for something like the smallest real
+DNA LMs) and a ReLU SAE of 8 x width latents on its last layer (biases set so each latent fires
+on a few % of bases) run over a 1,000,000-base random record (FASTA, one line per 80 bases) in
+windows of 1024 with stride 512 (every base read twice). `run_tracks` (model, SAE, per-base
+merge, 4 bedGraphs, statistics, logos) is timed against the model's body alone over the same
+windows and batches. Tracks run their forward on a worker thread (the merge and writing of one
+batch overlap the next batch's forward), so the bare forward is timed both from the main thread
+and from a worker thread, before and after each tracks run; on a shared machine the best of
+each side is compared, and each tracks run against the bare runs beside it. CPU seconds (all
+threads) are printed too. Peak RSS is read from the kernel (ru_maxrss) after each stage; a
+whole-record in-memory track would need 4 bytes x features x bases on top. `--device cuda`
+puts the model and SAE on the GPU (the merge and files stay on the CPU).
 
-    /work/venv/bin/python bench/tracks_speed.py [--bases 1000000] [--window 1024]
+    /work/venv/bin/python bench/tracks_speed.py [--bases 1000000] [--layers 2 --width 64]
+        [--device cpu|cuda] [--repeat 2]
 
-Measured 2026-11-25 on the 2-core dev machine at low load: 1 Mb 55.7 s, 2.28x the bare forward
-(29.6 / 19.2 s), peak RSS 667 MB; 4 Mb 212 s, 2.36x (85 / 95 s), peak RSS 657 MB: memory does not
-grow with the record. With this tiny model the SAE encoding and bedGraph writing cost more than
-the forward; a real DNA model's forward would dominate.
+Measured 2026-11-25 on the 2-core dev machine shared with two other engineers' runs (load
+average 2-3; single bare forwards of the same windows ranged 32-68 s):
+- before (commit 6515da6, at low load): 1 Mb 55.7 s, 2.28x the bare forward (mean of 29.6 and
+  19.2 s), peak RSS 667 MB; the SAE encoding to sparse (a top-k over all 512 latents and
+  scipy's index sort) and the per-run bedGraph writer cost more than this tiny forward.
+- now, default, run twice: tracks 43.9 and 32.4 s against bare forwards of 32.4-68.1 s: 1.00x
+  best against best, 1.20x and 0.93x against the bare runs beside them, CPU seconds 1.24x;
+  then tracks 46.8 and 49.1 s against 30.9-120.1 s: 1.52x best against best, 1.22x and 1.19x
+  beside, CPU 1.15x. Peak RSS 657 / 647 MB. What is left on top of the forward: about 1.3 s
+  per Mb of merging, bedGraph text (the %.6g formatting is the largest part) and statistics,
+  overlapped with the forward, and about 1.5 s once (imports, loading, logos).
+- now, `--layers 4 --width 256 --bases 250000` (2048 latents): 45.5 and 63.7 s against bare
+  forwards of 44.2-60.7 s, 1.03x best against best, 0.93x and 1.17x beside; with `--repeat 1`
+  68.5 s against 58.0-85.4 s, 1.18x best against best, 1.10x beside, CPU 1.15x; peak RSS
+  0.89-1.14 GB (a worker thread's own malloc arena holds the attention's temporaries).
+- on an H100 (16 cores, `--device cuda`): 2 x 64 at 1 Mb: 3.47 s against 0.62 s, 5.6x; 12 x 512
+  at 1 Mb: 9.07 s against 5.27 s, 1.72x. There the forward of such small models is shorter
+  than the CPU side (reading and batching windows, each batch's copy to the CPU, merging and
+  bedGraph text: 1-3 s per Mb); a real DNA model's forward (Evo 2) dominates it.
+Memory does not grow with the record: peak RSS 696 MB at 250 kb, 705 MB at 1 Mb, 681 MB at 2 Mb.
 """
 
 from __future__ import annotations
