@@ -29,6 +29,8 @@ average 2-3; single bare forwards of the same windows ranged 32-68 s):
   beside, CPU 1.15x. Peak RSS 657 / 647 MB. What is left on top of the forward: about 1.3 s
   per Mb of merging, bedGraph text (the %.6g formatting is the largest part) and statistics,
   overlapped with the forward, and about 1.5 s once (imports, loading, logos).
+- now, default at 250 kb and low load (0.9-1.5): tracks 9.95 (first, with imports) and
+  8.13 s against bare forwards of 6.26-7.91 s: 1.30x best against best, CPU 1.19x.
 - now, `--layers 4 --width 256 --bases 250000` (2048 latents): 45.5 and 63.7 s against bare
   forwards of 44.2-60.7 s, 1.03x best against best, 0.93x and 1.17x beside; with `--repeat 1`
   68.5 s against 58.0-85.4 s, 1.18x best against best, 1.10x beside, CPU 1.15x; peak RSS
