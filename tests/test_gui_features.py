@@ -38,7 +38,8 @@ def panel(qtbot, demo):
     p = FeaturesPanel(s, lambda: runner)
     qtbot.addWidget(p)
     p.dictionary.setCurrentIndex(p.dictionary.findData(str((demo / SAE).resolve())))
-    assert p.load_cached()
+    assert p.load_cached(), ("the demo's shipped analysis is stale (its key covers the analysis "
+                             "code): run python -m workbench.state.features and commit it")
     return p
 
 
