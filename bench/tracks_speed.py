@@ -38,7 +38,13 @@ average 2-3; single bare forwards of the same windows ranged 32-68 s):
 - on an H100 (16 cores, `--device cuda`): 2 x 64 at 1 Mb: 3.47 s against 0.62 s, 5.6x; 12 x 512
   at 1 Mb: 9.07 s against 5.27 s, 1.72x. There the forward of such small models is shorter
   than the CPU side (reading and batching windows, each batch's copy to the CPU, merging and
-  bedGraph text: 1-3 s per Mb); a real DNA model's forward (Evo 2) dominates it.
+  bedGraph text: 1-3 s per Mb); 12 x 768 (6144 latents): 14.95 s against 10.41 s, 1.44x best of
+  two (a single run: 1.73x). A real DNA model's forward dominates it: Evo 2 7B's architecture
+  (vortex's StripedHyena from evo2's evo2-7b-8k config, random weights in the dtypes evo2's
+  loading sets, FlashAttention off; `python bench/evo2_forward.py`) took 303 ms per batch
+  of 8 x 1024 on the same H100, 74 s per Mb at stride 512, so the CPU side's 1-5 s per Mb would
+  add at most 7% if none of it overlapped (an estimate: the whole of `biollm tracks` was not run
+  on Evo 2 7B, whose weights cannot be downloaded here).
 Memory does not grow with the record: peak RSS 696 MB at 250 kb, 705 MB at 1 Mb, 681 MB at 2 Mb.
 """
 

@@ -139,35 +139,16 @@ def test_dna_tracks_on_cuda_equal_cpu(tmp_path):
         np.testing.assert_allclose(b, a, rtol=1e-3, atol=1e-3)
 
 
-# Evo 2's real architecture: a StripedHyena from evo2's own 7B config, shrunk, random weights
-# (no weights can be downloaded in tests), FlashAttention off as evo2 allows.
+# Evo 2's real architecture: evo2's own 7B configuration shrunk to 4 blocks, random weights
 def tiny_striped_hyena():
-    import pkgutil
+    pytest.importorskip("vortex.model.model")
+    from biollm_engine.models.evo2 import random_striped_hyena
 
-    import yaml
-    vortex = pytest.importorskip("vortex.model.model")
-    from vortex.model.utils import dotdict
-
-    cfg = yaml.safe_load(pkgutil.get_data("evo2", "configs/evo2-7b-8k.yml"))
-    cfg.update(hidden_size=64, num_filters=64, num_layers=4, hcs_layer_idxs=[0],
-               hcm_layer_idxs=[1], attn_layer_idxs=[2], hcl_layer_idxs=[3], hcl_filter_groups=64,
-               hcm_filter_groups=4, hcs_filter_groups=4, num_attention_heads=4,
-               inner_mlp_size=128, use_flash_attn=False, use_fp8_input_projections=False,
-               max_seqlen=1024)
     torch.manual_seed(0)
-    model = vortex.StripedHyena(dotdict(cfg))
-    with torch.no_grad():  # evo2 zero-initialises MLP outputs; give them weights to carry
-        for name, p in model.named_parameters():
-            if p.dim() > 1 and not p.any():
-                p.normal_(0, 0.02)
-        # vortex draws log-poles from N(0, 1): long filters growing as exp(t), which overflow;
-        # trained Evo 2 filters decay
-        for block in model.blocks:
-            poles = getattr(getattr(block, "filter", None), "log_poles", None)
-            if poles is not None:
-                poles.copy_(-poles.abs() - 0.05)
-    model.to_bfloat16_except_pr_lc(to_float32=True)  # the dtypes evo2's checkpoint loading sets
-    return model
+    return random_striped_hyena(
+        hidden_size=64, num_filters=64, num_layers=4, hcs_layer_idxs=[0], hcm_layer_idxs=[1],
+        attn_layer_idxs=[2], hcl_layer_idxs=[3], hcl_filter_groups=64, hcm_filter_groups=4,
+        hcs_filter_groups=4, num_attention_heads=4, inner_mlp_size=128, max_seqlen=1024)
 
 
 def test_real_striped_hyena_through_the_adapter(tmp_path):

@@ -137,3 +137,37 @@ def load_evo2(spec: str) -> LoadedModel:
         raise BioLLMError(f"could not load Evo 2 {name} ({text}); {get}.") from None
     device = str(next(evo.model.parameters()).device)
     return wrap_striped_hyena(evo.model, PREFIX + spec, device, "bfloat16")
+
+
+def random_striped_hyena(config: str = "evo2-7b-8k", **overrides):
+    """Evo 2's real architecture (vortex's StripedHyena from one of evo2's own configurations,
+    `overrides` applied) with random weights in the dtypes evo2's checkpoint loading sets, on
+    the GPU: for tests and benchmarks where no weights can be downloaded. FlashAttention and FP8
+    projections are off unless `overrides` turn them on."""
+    import pkgutil
+
+    import torch
+    import yaml
+
+    try:
+        from vortex.model.model import StripedHyena
+        from vortex.model.utils import dotdict
+    except ImportError as e:
+        raise BioLLMError(f"Evo 2's architecture needs the evo2 package ({e}): {INSTALL}."
+                          ) from None
+    cfg = yaml.safe_load(pkgutil.get_data("evo2", f"configs/{config}.yml"))
+    cfg.update({"use_flash_attn": False, "use_fp8_input_projections": False, **overrides})
+    model = StripedHyena(dotdict(cfg))
+    with torch.no_grad():
+        for p in model.parameters():  # evo2 zero-initialises MLP outputs: give them weights
+            if p.dim() > 1 and not p.any():
+                p.normal_(0, 0.02)
+        # vortex draws log-poles from N(0, 1): long filters growing as exp(t), which overflow;
+        # trained Evo 2 filters decay
+        for block in model.blocks:
+            poles = getattr(getattr(block, "filter", None), "log_poles", None)
+            if poles is not None:
+                poles.copy_(-poles.abs() - 0.05)
+    model.to_bfloat16_except_pr_lc(to_float32=True)
+    return model.eval()
+
