@@ -2,8 +2,11 @@
 never read: the options, the input files' contents (not their dates, which a checkout or a copy
 changes) and the engine code that computes it.
 
-A file's digest is remembered for as long as its size and modification time stay the same, so a
-model's weights are read once per process, not at every look-up.
+Files up to LARGE bytes are read whole. A larger one (a real model's weights: gigabytes, which
+the workbench would read on its GUI thread) gives its size, modification time and three 1 MiB
+samples (start, middle, end) instead: any rewrite changes its time, so a retrained model is
+still caught, and a copied one is analysed once more. A digest is remembered for as long as the
+file's size and modification time stay the same.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ ENGINE = Path(__file__).resolve().parent
 ANALYSIS_CODE = ("analysis", "inputs", "models", "dictionaries", "harvest.py")
 _DNA_ONLY = ("dna", "evo2")  # modules of those packages that cells never reach
 
+LARGE = 64 << 20
+_SAMPLE = 1 << 20
 _digests: dict[tuple[str, int, int], bytes] = {}
 
 
@@ -29,8 +34,14 @@ def file_digest(path: Path) -> bytes:
     if memo not in _digests:
         h = hashlib.sha256()
         with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
+            if st.st_size <= LARGE:
+                for block in iter(lambda: f.read(_SAMPLE), b""):
+                    h.update(block)
+            else:
+                h.update(f"{st.st_size}\0{st.st_mtime_ns}".encode())
+                for at in (0, st.st_size // 2, st.st_size - _SAMPLE):
+                    f.seek(at)
+                    h.update(f.read(_SAMPLE))
         _digests[memo] = h.digest()
     return _digests[memo]
 
