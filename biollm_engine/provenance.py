@@ -70,6 +70,27 @@ def cache_key(options: dict, files: Iterable[tuple[str, Path]],
     return h.hexdigest()
 
 
+KEY_FILE = "key.json"
+
+
+def write_key(folder: Path, key: str) -> None:
+    """Record in a cache `folder` (being written) the key of what it was computed from."""
+    from .fileio import write_json
+
+    write_json(Path(folder) / KEY_FILE, {
+        "sha256": key, "of": "the analysis options, the model, dictionary and data files, and "
+                             f"the engine's {', '.join(ANALYSIS_CODE)} code"})
+
+
+def key_matches(folder: Path, key: str) -> bool:
+    """Whether the cache in `folder` was computed from what `key` says (False: missing or
+    unreadable too)."""
+    try:
+        return json.loads((Path(folder) / KEY_FILE).read_text()).get("sha256") == key
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 # FeaturesConfig options that name where things are (or run), not what is computed
 _PLACES = ("model", "data", "dict", "out", "write_h5ad", "cache", "device")
 

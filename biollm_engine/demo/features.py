@@ -9,15 +9,14 @@ otherwise analyses live. A stale cache is never read, only recomputed.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..fileio import atomic_dir, write_json
+from ..fileio import atomic_dir
 from ..progress import CancelToken, ProgressCallback
-from ..provenance import ANALYSIS_CODE, features_key
+from ..provenance import features_key, key_matches, write_key
 from .data import LABEL_COLUMN
 
 CACHE_DIR = Path("cache") / "features"
@@ -47,10 +46,7 @@ def save_cache(folder: Path, result: DemoFeatures) -> Path:
     with atomic_dir(Path(folder) / CACHE_DIR) as tmp:
         result.table.save(tmp / "table.parquet", keep_labels=False)
         sp.save_npz(tmp / "cell_max.npz", result.cell_max)
-        write_json(tmp / "key.json", {
-            "sha256": result.key,
-            "of": "analysis options, model/, the SAE's folder, cells.h5ad and the engine's "
-                  f"{', '.join(ANALYSIS_CODE)} code"})
+        write_key(tmp, result.key)
     return Path(folder) / CACHE_DIR
 
 
@@ -62,9 +58,9 @@ def load_cache(folder: Path, key: str):
     from ..errors import BioLLMError
 
     cache = Path(folder) / CACHE_DIR
+    if not key_matches(cache, key):
+        return None
     try:
-        if json.loads((cache / "key.json").read_text()).get("sha256") != key:
-            return None
         return FeatureTable.read(cache / "table.parquet"), sp.load_npz(cache / "cell_max.npz")
     except (OSError, ValueError, BioLLMError):
         return None  # missing or unreadable: analysed again

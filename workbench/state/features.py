@@ -77,7 +77,6 @@ def feature_stats(matrix, types=None, labels: dict[int, str] | None = None) -> p
 # -- the engine's feature analysis, cached in the workspace folder ------------------------------
 
 ANALYSIS_DIR = "analysis"
-KEY_FILE = "key.json"
 
 
 class FeatureResults:
@@ -132,11 +131,12 @@ class FeatureResults:
         """Into `folder`, with the `biollm_engine.provenance.features_key` of what it was
         computed from."""
         import scipy.sparse as sp
-        from biollm_engine.fileio import atomic_dir, write_json
+        from biollm_engine.fileio import atomic_dir
+        from biollm_engine.provenance import write_key
 
         folder = Path(folder)
         with atomic_dir(folder) as tmp:
-            write_json(tmp / KEY_FILE, {"sha256": key})
+            write_key(tmp, key)
             self.table.to_parquet(tmp / "table.parquet", index=False)
             sp.save_npz(tmp / "cells.npz", sp.csr_matrix(self.cell_max))
             np.savez_compressed(tmp / "arrays.npz", **{k: getattr(self, k) for k in self.ARRAYS
@@ -206,7 +206,6 @@ def analyse(cfg, folder: str | Path, progress=None, cancel=None) -> FeatureResul
     progress, cancel)."""
     from biollm_engine.analysis.pipeline import run_features
     from biollm_engine.inputs import open_data
-
     from biollm_engine.provenance import features_key
 
     folder = Path(folder)
@@ -222,15 +221,9 @@ def load_or_none(folder: str | Path, cfg) -> FeatureResults | None:
     """The analysis cached in `folder` if it was computed from what `cfg` would analyse now
     (same options, model, dictionary, data and engine code), else None: a stale one is
     recomputed, never shown."""
-    import json
+    from biollm_engine.provenance import features_key, key_matches
 
-    from biollm_engine.provenance import features_key
-
-    try:
-        saved = json.loads((Path(folder) / KEY_FILE).read_text()).get("sha256")
-    except (OSError, ValueError):
-        return None
-    return FeatureResults.load(folder) if saved == features_key(cfg) else None
+    return FeatureResults.load(folder) if key_matches(folder, features_key(cfg)) else None
 
 
 class CellEncoder:
