@@ -88,7 +88,7 @@ def _top_features(chunks, n: int) -> list[int]:
 
 def run_tracks(cfg: TracksConfig, progress: ProgressCallback | None = None,
                cancel: CancelToken | None = None) -> TracksResult:
-    from ..dictionaries.formats import load_dictionary
+    from ..dictionaries.formats import check_features, load_dictionary
     from ..inputs.annotations import annotation_types, base_masks, check_records, read_annotations
     from ..inputs.dna import DnaConfig, DnaDataset
     from ..models import load_model, resolve_hookpoint
@@ -131,9 +131,7 @@ def run_tracks(cfg: TracksConfig, progress: ProgressCallback | None = None,
 
     if chosen is None:
         chosen = _top_features(chunks(), cfg.top)
-    if max(chosen) >= dictionary.num_latents:
-        raise BioLLMError(f"feature {max(chosen)} is out of range; the dictionary has "
-                          f"{dictionary.num_latents} features.")
+    check_features(chosen, dictionary.num_latents)
     types = annotation_types(ann) if ann is not None else []
     stats = BaseStats(chosen, types, top=max(cfg.top_windows, 50))
     window_max = np.zeros((len(data), len(chosen)), np.float32)  # 4 bytes per window x feature
@@ -197,7 +195,7 @@ def record_tracks(model: str, data: str, dictionary: str, record: int = 0,
                   cancel: CancelToken | None = None) -> RecordTracks:
     """The tracks of one record in memory (a viewer shows one record at a time): `features`, or
     the `top` features firing on the most of its bases (one extra pass over its windows)."""
-    from ..dictionaries.formats import load_dictionary
+    from ..dictionaries.formats import check_features, load_dictionary
     from ..inputs.dna import DnaConfig, DnaDataset
     from ..models import load_model, resolve_hookpoint
     from .encode import encode_live, read_ahead
@@ -222,9 +220,7 @@ def record_tracks(model: str, data: str, dictionary: str, record: int = 0,
                                       total=len(indices), features=features))
 
     features = list(features) if features else _top_features(chunks(), top)
-    if max(features) >= sae.num_latents or min(features) < 0:
-        raise BioLLMError(f"feature {max(features)} is out of range; the dictionary has "
-                          f"{sae.num_latents} features.")
+    check_features(features, sae.num_latents)
     n = int(ds.records["length"][record])
     values = base_tracks(chunks(features), range(len(features)), {record: n}, span,
                          table)[record]

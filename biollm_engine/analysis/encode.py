@@ -144,19 +144,14 @@ def encode_live(lm, examples: Iterable, dictionary, hookpoint: str | None = None
     """
     import torch
 
-    from ..dictionaries.formats import check_fits
+    from ..dictionaries.formats import check_features, check_fits
     from ..harvest import kept_activations
     from ..models import resolve_hookpoint
 
     hp = resolve_hookpoint(lm, hookpoint or dictionary.cfg.hookpoint)
     check_fits(dictionary, hp.width)
     if features is not None:
-        features = np.asarray(features, dtype=np.int64)
-        bad = features[(features < 0) | (features >= dictionary.num_latents)]
-        if len(bad):
-            raise BioLLMError(f"feature {int(bad[0])} is out of range; the dictionary has "
-                              f"{dictionary.num_latents} features.")
-        encoder = FeatureEncoder(dictionary, features)
+        encoder = FeatureEncoder(dictionary, check_features(features, dictionary.num_latents))
 
         def encode(x):
             return sp.csr_matrix(encoder(x).cpu().numpy())

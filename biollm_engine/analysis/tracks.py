@@ -38,9 +38,9 @@ def token_spans(tokenizer) -> np.ndarray:
 
 def _active(chunk: EncodedChunk, feats: np.ndarray, span: np.ndarray | None):
     """(feature row, first base, width, value, window) of the chunk's nonzero activations."""
-    if len(feats) and feats.max() >= chunk.acts.shape[1]:
-        raise BioLLMError(f"feature {int(feats.max())} is out of range; the dictionary has "
-                          f"{chunk.acts.shape[1]} features.")
+    from ..dictionaries.formats import check_features
+
+    check_features(feats, chunk.acts.shape[1])
     sub = chunk.acts[:, feats].tocoo()
     src = chunk.sources
     start = src.unit[sub.row]
@@ -198,9 +198,13 @@ class BedGraphWriter:
         if run and run[0] == chrom and run[2] == start and run[3] == vals[0]:
             starts[0] = run[1]  # the previous block's last run goes on
         elif run:
-            self._lines(run[0], [run[1]], [run[2]], [run[3]])
+            self._end_run()
         self._run = (chrom, int(starts[-1]), int(ends[-1]), float(vals[-1]))
         self._lines(chrom, starts[:-1], ends[:-1], vals[:-1])
+
+    def _end_run(self) -> None:
+        chrom, s, e, v = self._run
+        self._lines(chrom, [s], [e], [v])
 
     def _lines(self, chrom: str, starts, ends, vals) -> None:
         starts, ends, vals = np.asarray(starts), np.asarray(ends), np.asarray(vals)
@@ -215,7 +219,7 @@ class BedGraphWriter:
 
     def __exit__(self, exc_type, exc, tb):
         if exc_type is None and self._run:
-            self._lines(self._run[0], [self._run[1]], [self._run[2]], [self._run[3]])
+            self._end_run()
         self._fh.close()
         return self._atomic.__exit__(exc_type, exc, tb)
 

@@ -40,12 +40,9 @@ def pick_obs_features(cell_matrix: sp.csr_matrix, obs_features: int | Sequence[i
         cells_active = np.bincount(cell_matrix.indices, minlength=cell_matrix.shape[1])
         order = np.lexsort((np.arange(len(cells_active)), -cells_active))
         return sorted(int(f) for f in order[: int(obs_features)] if cells_active[f] > 0)
-    feats = [int(f) for f in obs_features]
-    bad = [f for f in feats if not 0 <= f < cell_matrix.shape[1]]
-    if bad:
-        raise BioLLMError(f"features {bad} are out of range; the dictionary has "
-                          f"{cell_matrix.shape[1]} features.")
-    return feats
+    from ..dictionaries.formats import check_features
+
+    return check_features(obs_features, cell_matrix.shape[1]).tolist()
 
 
 def write_back(input_h5ad, cell_matrix, table: FeatureTable | None, key: str, out_h5ad,

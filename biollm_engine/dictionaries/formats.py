@@ -11,6 +11,7 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -241,6 +242,17 @@ def save_sparsify(d: Dictionary, path) -> Path:
                   str(tmp / SPARSIFY_FILE))
         (tmp / "cfg.json").write_text(json.dumps(cfg))
     return path
+
+
+def check_features(features, num_features: int) -> np.ndarray:
+    """`features` as int64 indices, or one line naming those outside [0, num_features)."""
+    features = np.asarray(features, dtype=np.int64).ravel()
+    bad = features[(features < 0) | (features >= num_features)].tolist()
+    if bad:
+        which = f"feature {bad[0]} is" if len(bad) == 1 else \
+            f"features {', '.join(map(str, bad))} are"
+        raise BioLLMError(f"{which} out of range; the dictionary has {num_features} features.")
+    return features
 
 
 def check_fits(d: Dictionary, hookpoint_width: int, target_width: int | None = None) -> None:

@@ -170,4 +170,3 @@ def random_striped_hyena(config: str = "evo2-7b-8k", **overrides):
                 poles.copy_(-poles.abs() - 0.05)
     model.to_bfloat16_except_pr_lc(to_float32=True)
     return model.eval()
-
