@@ -45,6 +45,31 @@ def topk_insert(top_v, top_i, groups, values, ids):  # pragma: no cover - compil
         _insert(top_v, top_i, groups[j], values[j], ids[j])
 
 
+@njit(cache=True, nogil=True)
+def topk_merge(top_v, top_i, other_v, other_i):  # pragma: no cover - compiled
+    """Merge per-group lists [G, K] sorted best first (as `topk_insert` keeps them) into
+    `top_v`, `top_i`: per group, one merge of the two lists."""
+    G, K = top_v.shape
+    mv = np.empty(K, top_v.dtype)
+    mi = np.empty(K, top_i.dtype)
+    for g in range(G):
+        if other_i[g, 0] < 0:
+            continue
+        a = b = 0
+        for p in range(K):
+            # take from other when ours is used up or other's is better (larger, then smaller id)
+            ov, oi = other_v[g, b], other_i[g, b]
+            sv, si = top_v[g, a], top_i[g, a]
+            if oi >= 0 and (si < 0 or ov > sv or (ov == sv and oi < si)):
+                mv[p], mi[p] = ov, oi
+                b += 1
+            else:
+                mv[p], mi[p] = sv, si
+                a += 1
+        top_v[g, :] = mv
+        top_i[g, :] = mi
+
+
 @njit(cache=True, nogil=True, inline="always")
 def _mark(bits, c):  # pragma: no cover - compiled
     bits[c >> 6] |= _ONE << np.uint64(c & 63)
@@ -70,61 +95,41 @@ def _drain(bits, a, b, a_empty, scale, out_cols, out_a, out_b, m):  # pragma: no
     return m
 
 
-@njit(cache=True, nogil=True, inline="always")
-def _feature_add(hist, act_sum, act_max, top_v, top_i, thr, f0, f, v, bits, i
-                 ):  # pragma: no cover - compiled
-    nb = hist.shape[0]
-    K = top_v.shape[1]
-    b = ((bits >> 23) - 127) + 11
-    hist[min(max(b, 0), nb - 1), f] += 1
-    act_sum[f] += v
-    act_max[f] = max(act_max[f], v)
-    if v >= thr[f - f0] and K:
-        _insert(top_v, top_i, f, v, i)
-        thr[f - f0] = top_v[f, K - 1]
-
-
 @njit(cache=True, nogil=True)
-def feature_pass(hist, act_sum, act_max, top_v, top_i, indptr, cols, vals, bits, start, f0, f1,
-                 sorted_rows):  # pragma: no cover - compiled
-    """Per-feature statistics of a CSR chunk in one pass, for the features in [f0, f1) (one
-    thread's share): histogram counts `hist[bin, feature]` (bin from the float32 exponent:
-    searchsorted(stats.HIST_EDGES, v, 'right'); bins as rows keep the few hot ones in cache),
-    float64 sums, max, top lists (ids = row + start). Where each row's columns are sorted, a
-    range in the lower half of the features is found from the row's start, one in the upper
-    half from its end, and nothing else is read (a feature occurs once per row, so the order
-    within a row changes no number)."""
+def feature_pass(sums, used, act_max, top_v, top_i, floor, indptr, cols, vals, bits, start
+                 ):  # pragma: no cover - compiled
+    """Per-feature statistics of CSR rows in one pass (ids = row + start). Each value goes to
+    the row of its float32 sign and exponent (`bits >> 23`, 512 rows, marked in `used`): its
+    integer significand (negated below zero) into `sums[row, f, 0]`, and 1 into `sums[row, f,
+    1]` (the count beside the sum: one cache line for both).
+    Integer sums are exact, so they come out the same in any order: token slices on any number
+    of threads, chunks of any size. Also the max and the top lists (larger value, then smaller
+    id first), both order-free too. A value below `floor[f]` (K values at least as large are
+    known elsewhere: other threads' lists) is in no top list."""
     K = top_v.shape[1]
-    upper = f0 + f1 > act_sum.shape[0]
     # the K-th best of each feature (-inf while unfilled) in a small array: most values stop at
     # one compare there
-    thr = np.full(f1 - f0, np.inf, np.float32)
+    thr = np.full(act_max.shape[0], np.inf, np.float32)
     if K:
-        thr[:] = top_v[f0:f1, K - 1]
+        thr[:] = np.maximum(top_v[:, K - 1], floor)
     for r in range(len(indptr) - 1):
-        lo, hi, i = indptr[r], indptr[r + 1], r + start
-        if not sorted_rows:
-            for j in range(lo, hi):
-                f = cols[j]
-                if f >= f0 and f < f1:
-                    _feature_add(hist, act_sum, act_max, top_v, top_i, thr, f0, f, vals[j],
-                                 bits[j], i)
-        elif upper:
-            j = hi - 1
-            while j >= lo and cols[j] >= f1:
-                j -= 1
-            while j >= lo and cols[j] >= f0:
-                _feature_add(hist, act_sum, act_max, top_v, top_i, thr, f0, cols[j], vals[j],
-                             bits[j], i)
-                j -= 1
-        else:
-            j = lo
-            while j < hi and cols[j] < f0:
-                j += 1
-            while j < hi and cols[j] < f1:
-                _feature_add(hist, act_sum, act_max, top_v, top_i, thr, f0, cols[j], vals[j],
-                             bits[j], i)
-                j += 1
+        i = r + start
+        for j in range(indptr[r], indptr[r + 1]):
+            f, v, b = cols[j], vals[j], bits[j]
+            row = (b >> 23) & 0x1FF
+            m = np.int64(b & 0x7FFFFF)
+            if row & 0xFF:
+                m |= 0x800000
+            if row & 0x100:
+                m = -m
+            used[row] = True
+            sums[row, f, 0] += m
+            sums[row, f, 1] += 1
+            if v > act_max[f]:
+                act_max[f] = v
+            if v >= thr[f]:
+                _insert(top_v, top_i, f, v, i)
+                thr[f] = top_v[f, K - 1]
 
 
 @njit(cache=True, nogil=True, inline="always")

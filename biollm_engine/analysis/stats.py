@@ -1,9 +1,10 @@
 """Streaming feature statistics: one pass, bounded memory, mergeable, equal to the dense result.
 
 `FeatureStats.update(chunk)` takes one `EncodedChunk` at a time; `merge` combines accumulators of
-disjoint token ranges (e.g. shards). Sums are kept in float64 and top lists break ties by token
-index, so any chunking gives the same `FeatureStatsResult` as one big chunk, and any number of
-threads (`StatsConfig.threads`) the same as one, bit for bit.
+disjoint token ranges (e.g. shards). Per-feature sums are exact integer sums per float32
+exponent, per-cell and per-gene sums float64 in token order, and top lists break ties by token
+index, so any chunking gives the same `FeatureStatsResult` as one big chunk (per-gene sums: in
+one gene batch), and any number of threads (`StatsConfig.threads`) the same as one, bit for bit.
 
 A feature *fires* on a token when its activation is non-zero; activations are non-negative, as
 every supported dictionary's are (ReLU, TopK, JumpReLU), so a cell's max over its tokens is the
@@ -14,7 +15,6 @@ that carry a unit (`unit >= 0`: the cell's gene tokens, not its prompt).
 from __future__ import annotations
 
 import os
-import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -48,8 +48,7 @@ class StatsConfig:
     gene_batch: int = field(default=1 << 22, metadata={
         "help": "gene-token non-zeros buffered per per-gene reduction (8 bytes each)"})
     threads: int = field(default=0, metadata={
-        "help": "threads: 0 = one per core, at most 8 (1 on two cores or fewer); 1 = the "
-                "per-feature pass on the caller's thread, per-cell and per-gene work on one more"})
+        "help": "threads: 0 = one per core, at most 8; 1 = all on the caller's thread"})
 
 
 def _reduce(keys, vmax, vsum):
@@ -169,55 +168,28 @@ class _Cells:
                                         shape=cell_max.shape), tokens)
 
 
-class _Worker(threading.Thread):
-    """Runs `fn(*args)` on a second thread; `result()` joins and returns it (or raises)."""
-
-    def __init__(self, fn, *args):
-        super().__init__(daemon=True)
-        self.fn, self.args, self.out, self.error = fn, args, None, None
-        self.start()
-
-    def run(self) -> None:
-        try:
-            self.out = self.fn(*self.args)
-        except BaseException as e:  # re-raised in the caller's thread
-            self.error = e
-
-    def result(self):
-        self.join()
-        if self.error is not None:
-            raise self.error
-        return self.out
-
-
-def _reduce_rows(parts: np.ndarray, cols, vsum, count, F: int, lanes=None
+def _reduce_rows(parts: np.ndarray, cols, vsum, count, F: int, lanes=()
                  ) -> tuple[np.ndarray, ...]:
     """`kernels.merge_parts`; when large, its rows split into pieces of about equal non-zeros,
-    one per lane of `lanes` (None: two, one of them on a second thread)."""
+    one per lane of `lanes` (the first on this thread)."""
     G = parts.shape[1] - 1
-    P = 2 if lanes is None else len(lanes)
+    P = len(lanes)
     if P < 2 or G < 2 or (parts[:, -1] - parts[:, 0]).sum() < THREAD_NNZ:
         return merge_parts(parts, cols, vsum, count, F)
     sizes = np.cumsum((parts[:, 1:] - parts[:, :-1]).sum(axis=0))
     cuts = np.clip(np.searchsorted(sizes, sizes[-1] * np.arange(1, P) / P) + 1, 1, G - 1)
     edges = [0, *np.unique(cuts).tolist(), G]
     pieces = [np.ascontiguousarray(parts[:, a:b + 1]) for a, b in zip(edges[:-1], edges[1:])]
-    if lanes is None:
-        worker = _Worker(merge_parts, pieces[1], cols, vsum, count, F)
-        try:
-            out = [merge_parts(pieces[0], cols, vsum, count, F)]
-        finally:
-            out.append(worker.result())
-    else:
-        out = [f.result() for f in [lane.submit(merge_parts, p, cols, vsum, count, F)
-                                    for lane, p in zip(lanes, pieces)]]
+    work = [lane.submit(merge_parts, p, cols, vsum, count, F)
+            for lane, p in zip(lanes[1:], pieces[1:])]
+    out = [merge_parts(pieces[0], cols, vsum, count, F)] + [f.result() for f in work]
     indptrs = [out[0][0]]
     for o in out[1:]:
         indptrs.append(o[0][1:] + indptrs[-1][-1])
     return (np.concatenate(indptrs),) + tuple(np.concatenate(x) for x in zip(*(o[1:] for o in out)))
 
 
-def _merge_units(parts: list[tuple[np.ndarray, ...]], F: int, lanes=None
+def _merge_units(parts: list[tuple[np.ndarray, ...]], F: int, lanes=()
                  ) -> tuple[np.ndarray, ...]:
     """One CSR part (indptr, cols, sum, count) from several (of any number of rows)."""
     G = max(len(p[0]) for p in parts) - 1
@@ -233,10 +205,10 @@ class _UnitSums:
     A gene's tokens are scattered over the data set: each chunk's rows are counting-sorted by
     unit into a batch buffer as they come, and a full batch is reduced to one part; parts are
     combined when they outgrow the combined one, so each entry is combined O(1) times.
-    Reductions run on `lanes` when given (pieces of units), else in two halves.
+    Reductions run on `lanes` (pieces of units).
     """
 
-    def __init__(self, num_features: int, batch: int, lanes=None):
+    def __init__(self, num_features: int, batch: int, lanes=()):
         self.F = num_features
         self.batch = max(int(batch), 1)
         self.lanes = lanes
@@ -248,14 +220,6 @@ class _UnitSums:
     def cut(self, nnz: int) -> bool:
         """Whether a chunk of `nnz` non-zeros starts a new batch."""
         return self.buffered > 0 and self.buffered + nnz > self.batch
-
-    def add(self, unit: np.ndarray, indptr: np.ndarray, cols: np.ndarray, vals: np.ndarray
-            ) -> None:
-        """CSR rows with their unit (-1: left out)."""
-        if self.cut(len(cols)):
-            self._reduce()
-        for fill in self.place(unit, indptr, [(0, len(unit))]):
-            group_scatter(unit, indptr, cols, vals, fill, self.cols, self.vals)
 
     def place(self, unit, indptr, slices: list[tuple[int, int]], before_growing=None
               ) -> list[np.ndarray]:
@@ -302,7 +266,7 @@ class _UnitSums:
         indptr = np.pad(indptr, (0, n_units + 1 - len(indptr)), mode="edge")
         shape = (n_units, self.F)
         return (sp.csr_matrix((vsum, cols, indptr), shape=shape),
-                sp.csr_matrix((count, _copied(cols, self.lanes or ()), indptr.copy()),
+                sp.csr_matrix((count, _copied(cols, self.lanes), indptr.copy()),
                               shape=shape))
 
     def merge(self, other: "_UnitSums") -> None:
@@ -379,15 +343,61 @@ class FeatureStatsResult:
         return grouped_topk(coo.col, coo.data, coo.row, k, self.num_features)
 
 
-class _Lane:
-    """One worker thread's share of every chunk: the features in [f0, f1) of the per-feature
-    pass (written into the accumulator's arrays, where no other lane writes), and one token
-    slice of the per-cell work (into its own `_Cells`) and of the per-gene counting sort (into
-    places of the shared batch buffer that no other slice has). Its steps run one after another
-    on its own thread, in the order they were given."""
+class _Features:
+    """One thread's per-feature statistics: fire counts and exact activation sums by float32
+    sign and exponent (`kernels.feature_pass`), max and top lists; all of them combine exactly,
+    so threads, chunks and shards give the same result bit for bit whichever way they split."""
 
-    def __init__(self, num_features: int, features: tuple[int, int]):
-        self.features = features
+    ROWS = 512  # float32 sign and exponent
+
+    def __init__(self, num_features: int, top_tokens: int):
+        # [row, feature, (significand sum, count)]; untouched rows of np.zeros are never given
+        # memory, and values use a few exponents
+        self.sums = np.zeros((self.ROWS, num_features, 2), np.int64)
+        self.used = np.zeros(self.ROWS, np.bool_)
+        self.act_max = np.zeros(num_features, np.float32)
+        self.top = TopK(num_features, top_tokens)
+
+    def add(self, indptr, cols, vals, start: int, floor: np.ndarray) -> None:
+        feature_pass(self.sums, self.used, self.act_max, self.top.values, self.top.ids, floor,
+                     indptr, cols, vals, vals.view(np.int32), start)
+
+    def merge(self, other: "_Features") -> None:
+        rows = np.flatnonzero(other.used)
+        self.sums[rows] += other.sums[rows]
+        self.used |= other.used
+        np.maximum(self.act_max, other.act_max, out=self.act_max)
+        self.top.merge(other.top)
+
+    def act_sum(self) -> np.ndarray:
+        """float64 sums: each row's exact integer sum scaled by its power of two, the rows
+        added smallest exponent first."""
+        rows = np.flatnonzero(self.used)
+        out = np.zeros(self.sums.shape[1], np.float64)
+        for r in rows[np.argsort(rows & 0xFF, kind="stable")]:
+            # significand * 2^(exponent - 150); exponent 0 (subnormals) scales as 1
+            out += np.ldexp(self.sums[r, :, 0].astype(np.float64), max(int(r & 0xFF), 1) - 150)
+        return out
+
+    def hist(self) -> np.ndarray:
+        """[NUM_BINS, F] fire counts per HIST_EDGES bin: positive rows by exponent (bin b holds
+        [2^(b-11), 2^(b-10)), clamped at both ends), negative values in bin 0."""
+        rows = np.flatnonzero(self.used)
+        bins = np.where(rows & 0x100, 0, np.clip((rows & 0xFF) - 116, 0, NUM_BINS - 1))
+        out = np.zeros((NUM_BINS, self.sums.shape[1]), np.int64)
+        np.add.at(out, bins, self.sums[rows, :, 1])
+        return out
+
+
+class _Lane:
+    """One thread's share of every chunk: a token slice that begins where a cell does (the
+    cell a chunk cuts goes on in the lane that holds it), through the per-feature pass (into
+    its own `_Features`), the per-cell work (into its own `_Cells`) and the per-gene counting
+    sort (into places of the shared batch buffer that no other slice has). Its steps run one
+    after another on its own thread, in the order they were given."""
+
+    def __init__(self, num_features: int, top_tokens: int):
+        self.features = _Features(num_features, top_tokens)
         self.cells = _Cells(num_features)
         self.pool: ThreadPoolExecutor | None = None
 
@@ -401,22 +411,20 @@ class _Lane:
             self.pool.shutdown()
             self.pool = None
 
-    def step(self, stats: tuple, indptr, cols, vals, sorted_rows: bool, start: int,
-             src: TokenSources, rows: tuple[int, int, bool] | None, units: tuple | None):
-        """One chunk's share (`sorted_rows`: each row's columns are in order). `rows`: this
-        lane's token slice (first row, end row, whether its last cell ends there); `units`:
-        (fill, buffer columns, buffer values) for the slice's gene rows, or None. -> the cells
-        written, as (cells, rows n0:n1, entries m0:m1), or None."""
-        feature_pass(*stats, indptr, cols, vals, vals.view(np.int32), start, *self.features,
-                     sorted_rows)
-        if rows is None:
-            return None
+    def step(self, indptr, cols, vals, start: int, src: TokenSources, rows: tuple[int, int, bool],
+             units: tuple | None, floor: np.ndarray):
+        """One chunk's share. `rows`: this lane's token slice (first row, end row, whether its
+        last cell ends there); `units`: (fill, buffer columns, buffer values) for the slice's
+        gene rows, or None; `floor`: per feature, a value that K others reach (`_floor`).
+        -> the cells written, as (cells, rows n0:n1, entries m0:m1)."""
         r0, r1, ends = rows
+        part = indptr[r0:r1 + 1]
+        self.features.add(part, cols, vals, start + r0, floor)
         if units is not None:
-            group_scatter(src.unit[r0:r1], indptr[r0:r1 + 1], cols, vals, *units)
+            group_scatter(src.unit[r0:r1], part, cols, vals, *units)
         c = self.cells
         n, m = c.n, c.m
-        c.keep(*cell_pass(indptr[r0:r1 + 1], cols, vals, src.record[r0:r1], src.unit[r0:r1],
+        c.keep(*cell_pass(part, cols, vals, src.record[r0:r1], src.unit[r0:r1],
                           *c.buffers(r1 - r0, int(indptr[r1] - indptr[r0]))))
         if ends:
             c.flush()
@@ -425,28 +433,14 @@ class _Lane:
 
 def stats_threads(threads: int = 0) -> int:
     """The threads `StatsConfig.threads` asks for (0: one per core this process may use, at
-    most 8; on two cores or fewer 1, whose path already keeps two threads busy and measured
-    faster there than two lanes)."""
+    most 8)."""
     if threads > 0:
         return threads
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         cores = os.cpu_count() or 1
-    return min(cores, 8) if cores > 2 else 1
-
-
-def _bounds(weights: np.ndarray, parts: int, align: int = 1) -> list[int]:
-    """`parts + 1` cut points from 0 to len(weights), splitting the weights into runs of about
-    equal sum, at multiples of `align` (but the last)."""
-    n = len(weights)
-    cum = np.cumsum(weights, dtype=np.float64)
-    if n == 0 or cum[-1] <= 0:
-        cuts = np.arange(1, parts) * n // parts
-    else:
-        cuts = np.searchsorted(cum, cum[-1] * np.arange(1, parts) / parts) + 1
-    cuts = np.minimum((cuts + align // 2) // align * align, n)
-    return [0, *cuts.tolist(), n]
+    return min(cores, 8)
 
 
 def _done(value) -> Future:
@@ -458,40 +452,31 @@ def _done(value) -> Future:
 class FeatureStats:
     """The one-pass accumulator behind `FeatureStatsResult`.
 
-    With one thread (`StatsConfig.threads = 1`) the per-feature pass runs in `update` and the
-    per-cell and per-gene work on a second thread, up to `LAG` chunks behind. With T > 1 each
-    chunk goes to T lanes (`_Lane`), the first on the caller's thread, the others on their own
-    (up to `LAG` chunks behind): the per-feature pass split by feature, the per-cell work and
-    the per-gene counting sort by token slices that begin where a cell does (the cell a chunk
-    cuts goes on in the lane that holds it; each slice's gene rows go where one pass would put
-    them), per-gene reductions by gene. Every sum then adds the same numbers in the same order
-    as on one thread, so results are bit-identical; token slices with partial sums of their
-    own, added at the end, would differ in the last bits.
+    Each chunk is cut into token slices of about equal non-zeros that begin where a cell does,
+    one per lane (`_Lane`, `StatsConfig.threads` of them): the first on the caller's thread,
+    the others on their own, up to `LAG` chunks behind. Per-feature numbers combine exactly
+    (`_Features`); per-cell sums run within one cell, which one lane holds; per-gene rows go
+    where one pass over the tokens would put them and are reduced by gene ranges. Every number
+    is then the same as on one thread, bit for bit.
     """
 
     def __init__(self, num_features: int, cfg: StatsConfig | None = None):
         self.cfg = cfg or StatsConfig()
         F = self.num_features = num_features
         self.num_tokens = 0
-        self.act_sum = np.zeros(F, np.float64)
-        self.act_max = np.zeros(F, np.float32)
-        self.hist = np.zeros((NUM_BINS, F), np.int64)  # [bin, feature] (kernels)
-        self.top = TopK(F, self.cfg.top_tokens)
+        self.features = _Features(F, self.cfg.top_tokens)  # lanes' and merged shards'
         self.cells = _Cells(F)
         T = stats_threads(self.cfg.threads)
-        cuts = _bounds(np.zeros(F), T, 64)  # placed by the first chunk's non-zeros
-        self._lanes = [] if T == 1 else [_Lane(F, (cuts[k], cuts[k + 1])) for k in range(T)]
-        self.units = _UnitSums(F, self.cfg.gene_batch, self._lanes or None)
+        self._lanes = [_Lane(F, self.cfg.top_tokens) for _ in range(T)]
+        self.units = _UnitSums(F, self.cfg.gene_batch, self._lanes)
         self.unit_tokens = np.zeros(0, np.int64)
         self._pending: deque = deque()  # per chunk, the work still running, in token order
-        self._pool: ThreadPoolExecutor | None = None
-        self._placed = False  # the lanes' features, by the first chunk's non-zeros
         self._hold = 0  # the lane holding the cell the last chunk cut
         self._pieces: list[Future] = []  # per cell slice, in token order: the cells written
 
     @property
     def threads(self) -> int:
-        return max(len(self._lanes), 1)
+        return len(self._lanes)
 
     def update(self, chunk: EncodedChunk) -> None:
         """Add the next chunk. Its work may go on on other threads after this returns,
@@ -503,36 +488,9 @@ class FeatureStats:
         self.num_tokens += acts.shape[0]
         # the kernels read scipy's arrays as they are: fresh copies cost page faults
         indptr, cols, vals = acts.indptr.astype(np.int64), acts.indices, acts.data
-        if self._lanes:
-            # sorted rows let each lane find its features by a search (scipy's check runs
-            # without the GIL, while the lanes work on the chunk before)
-            self._update_lanes(indptr, cols, vals, acts.has_sorted_indices, src, chunk.start)
-            return
-        # per-cell and per-gene work touches other state than the per-feature pass, so a large
-        # chunk's goes to a second thread (the kernels release the GIL), one chunk after another
-        if len(cols) >= THREAD_NNZ:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(1, thread_name_prefix="feature-stats")
-            self._pending.append([self._pool.submit(self._gene_rows, indptr, cols, vals, src)])
-        else:
-            self._finish()
-            self._gene_rows(indptr, cols, vals, src)
-        feature_pass(self.hist, self.act_sum, self.act_max, self.top.values, self.top.ids,
-                     indptr, cols, vals, vals.view(np.int32), chunk.start, 0, F, False)
-        self._wait(LAG)
-
-    def _update_lanes(self, indptr, cols, vals, sorted_rows: bool, src: TokenSources, start: int
-                      ) -> None:
         lanes, T = self._lanes, len(self._lanes)
-        lens = np.diff(indptr)
         gene_rows = np.flatnonzero(src.unit >= 0)
-        if len(cols) and not self._placed:
-            self._wait()  # lanes change features only when none is at work
-            cuts = _bounds(np.bincount(cols, minlength=self.num_features), T, 64)
-            for k, lane in enumerate(lanes):
-                lane.features = (cuts[k], cuts[k + 1])
-            self._placed = True
-        slices = self._slices(lens, gene_rows, src.record)
+        slices = self._slices(np.diff(indptr), gene_rows, src.record)
         fills = []
         if self.cfg.per_unit and len(gene_rows):
             self.unit_tokens = _counts_add(self.unit_tokens, src.unit[gene_rows])
@@ -544,25 +502,32 @@ class FeatureStats:
                 # (the lanes may still write the chunk before into the buffer it would grow)
                 fills = units.place(src.unit, indptr, slices, self._wait)
         first = self._hold
-        rows, scatter = [None] * T, [None] * T
-        for s, (r0, r1) in enumerate(slices):
-            k = (first + s) % T
-            rows[k] = (r0, r1, s < len(slices) - 1)
-            if fills:
-                scatter[k] = (fills[s], self.units.cols, self.units.vals)
         self._hold = (first + len(slices) - 1) % T
-        stats = (self.hist, self.act_sum, self.act_max, self.top.values, self.top.ids)
-        args = [(stats, indptr, cols, vals, bool(sorted_rows), start, src, rows[k], scatter[k])
-                for k in range(T)]
-        if len(cols) >= THREAD_NNZ:  # the first lane's share on this thread, as it waits anyway
-            work = [lane.submit(lane.step, *a) for lane, a in zip(lanes[1:], args[1:])]
-            work.insert(0, _done(lanes[0].step(*args[0])))
-        else:
-            self._wait()
-            work = [_done(lane.step(*a)) for lane, a in zip(lanes, args)]
-        self._pieces += [work[(first + s) % T] for s in range(len(slices))]
+        floor = self._floor()
+        args = [(lanes[(first + s) % T], (indptr, cols, vals, chunk.start, src,
+                                          (r0, r1, s < len(slices) - 1),
+                                          (fills[s], self.units.cols, self.units.vals)
+                                          if fills else None, floor))
+                for s, (r0, r1) in enumerate(slices)]
+        # lane 0 runs on this thread, as it waits anyway, once the others are under way
+        work = [None if lane is lanes[0] else lane.submit(lane.step, *a) for lane, a in args]
+        for s, (lane, a) in enumerate(args):
+            if lane is lanes[0]:
+                work[s] = _done(lane.step(*a))
+        self._pieces += work
         self._pending.append(work)
         self._wait(LAG)
+
+    def _floor(self) -> np.ndarray:
+        """Per feature, the best K-th value of any lane's top list: a value below it is in no
+        top list of the whole (K values at least as large are kept), so no lane keeps it. Read
+        while lanes work: their K-th values only grow, so an older one is a lower floor."""
+        K = self.cfg.top_tokens
+        floor = np.full(self.num_features, -np.inf, np.float32)
+        if K and len(self._lanes) > 1:
+            for lane in self._lanes:
+                np.maximum(floor, lane.features.top.values[:, K - 1], out=floor)
+        return floor
 
     def _slices(self, lens, gene_rows, record) -> list[tuple[int, int]]:
         """Token slices of a chunk, one per lane at most, of about equal gene-token non-zeros
@@ -590,21 +555,21 @@ class FeatureStats:
                 f.result()
 
     def _finish(self) -> None:
-        """Wait for every thread; with lanes, bring their cells into `cells`, in token order,
-        and start them afresh."""
+        """Wait for every thread, bring the lanes' cells into `cells`, in token order, and
+        their features into `features`; start them afresh."""
         self._wait()
-        if self._pool is not None:
-            self._pool.shutdown()
-            self._pool = None
-        if not self._lanes:
-            return
         lanes = self._lanes
         held = lanes[self._hold].cells
         n, m = held.n, held.m
         held.flush()
-        self.cells.extend([f.result() for f in self._pieces] + [(held, n, held.n, m, held.m)],
-                          lanes)
+        if len(lanes) == 1 and self.cells.n == 0:  # one lane wrote every cell in order
+            self.cells = held
+        else:
+            self.cells.extend([f.result() for f in self._pieces]
+                              + [(held, n, held.n, m, held.m)], lanes)
         for lane in lanes:
+            self.features.merge(lane.features)
+            lane.features = _Features(self.num_features, self.cfg.top_tokens)
             lane.cells = _Cells(self.num_features)
         self._pieces, self._hold = [], 0
 
@@ -612,23 +577,11 @@ class FeatureStats:
         for lane in self._lanes:
             lane.close()
 
-    def _gene_rows(self, indptr, cols, vals, src) -> None:
-        self.cells.keep(*cell_pass(indptr, cols, vals, src.record, src.unit,
-                                   *self.cells.buffers(len(src), len(cols))))
-        if self.cfg.per_unit:
-            on_unit = src.unit[src.unit >= 0]
-            self.unit_tokens = _counts_add(self.unit_tokens, on_unit)
-            if len(on_unit) and len(cols):
-                self.units.add(src.unit, indptr, cols, vals)
-
     def merge(self, other: "FeatureStats") -> None:
         self._finish()
         other._finish()
         self.num_tokens += other.num_tokens
-        self.act_sum += other.act_sum
-        np.maximum(self.act_max, other.act_max, out=self.act_max)
-        self.hist += other.hist
-        self.top.merge(other.top)
+        self.features.merge(other.features)
         self.cells.merge(other.cells)
         self.units.merge(other.units)
         self.unit_tokens = _counts_add(self.unit_tokens, np.repeat(
@@ -645,9 +598,11 @@ class FeatureStats:
         unit_tokens[: len(self.unit_tokens)] = self.unit_tokens
         unit_sum, unit_fires = self.units.result(n_units)
         self._close()
+        f = self.features
+        hist = f.hist()
         return FeatureStatsResult(
-            self.num_tokens, self.hist.sum(axis=0), self.act_sum.copy(), self.act_max.copy(),
-            np.ascontiguousarray(self.hist.T), self.top.values.copy(), self.top.ids.copy(),
+            self.num_tokens, hist.sum(axis=0), f.act_sum(), f.act_max.copy(),
+            np.ascontiguousarray(hist.T), f.top.values.copy(), f.top.ids.copy(),
             cell_max, cell_mean, cell_tokens, unit_sum, unit_fires, unit_tokens)
 
 

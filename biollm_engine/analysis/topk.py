@@ -58,5 +58,9 @@ class TopK:
                     np.asarray(ids, dtype=np.int64))
 
     def merge(self, other: "TopK") -> None:
-        held = other.ids >= 0
-        self.push(np.nonzero(held)[0], other.values[held], other.ids[held])
+        """Add another list's candidates (of other ids: the same id twice would be kept twice)."""
+        if self.k == 0:
+            return
+        from .kernels import topk_merge
+
+        topk_merge(self.values, self.ids, other.values, other.ids)
