@@ -143,6 +143,54 @@ def bare_forward(lm, data, batch_size: int, limit: int | None = None,
     return time.perf_counter() - t
 
 
+def outside_forward(cfg, lm, data, batch_size: int, keep: int = 8) -> tuple[float, float]:
+    """(wall, CPU seconds) of `run_tracks` with the model's forward replaced by a replay of the
+    activations it gave on the first `keep` batches (batch i gets batch i mod keep's, cut to its
+    shape; the windows, tokens and sources stay real): everything `biollm tracks` does on the CPU
+    apart from the forward (reading and batching windows, the SAE's few columns, sparse chunks,
+    the per-base merge, bedGraph text, statistics, logos). On a GPU the forward runs beside
+    this, so it bounds the seconds per Mb of a small model there."""
+    import contextlib
+    import itertools
+
+    from biollm_engine import harvest
+    from biollm_engine.analysis.dna_tracks import run_tracks
+    from biollm_engine.models import capture, run_to
+
+    hookpoint = f"layers.{lm.num_layers - 1}"
+    recorded = []
+    with torch.inference_mode():
+        for batch in itertools.islice(harvest._batches(data.examples(), batch_size), keep):
+            ids, mask, *_ = harvest.pad_batch(batch, 0, None)
+            with capture(lm, [hookpoint]) as acts:
+                run_to(lm, torch.from_numpy(ids).to(lm.device),
+                       torch.from_numpy(mask).long().to(lm.device))
+            recorded.append(acts[hookpoint].to(lm.device).clone())
+    count, shape = itertools.count(), []
+
+    def no_forward(_lm, ids, _mask):
+        shape[:] = ids.shape
+
+    @contextlib.contextmanager
+    def replay(_lm, names):
+        acts: dict = {}
+        yield acts
+        b, t = shape
+        a = recorded[next(count) % len(recorded)]
+        acts.update({h: a[:b, :t] for h in names})
+
+    real = harvest.capture, harvest.run_to, torch.get_num_threads()
+    # torch on one thread: its idle pool threads would otherwise spin and count as CPU seconds
+    harvest.capture, harvest.run_to = replay, no_forward
+    torch.set_num_threads(1)
+    try:
+        wall, cpu, _ = clocked(run_tracks, cfg)
+    finally:
+        harvest.capture, harvest.run_to = real[:2]
+        torch.set_num_threads(real[2])
+    return wall, cpu
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bases", type=int, default=1_000_000)
@@ -154,6 +202,8 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", help="cpu or cuda (model and SAE there)")
     ap.add_argument("--repeat", type=int, default=2,
                     help="runs of tracks, each between two bare forwards; minimums compared")
+    ap.add_argument("--outside-only", action="store_true",
+                    help="only time tracks with the forward replayed (CPU outside the forward)")
     args = ap.parse_args()
     from biollm_engine.analysis.dna_tracks import TracksConfig, run_tracks
     from biollm_engine.inputs.dna import DnaConfig, DnaDataset
@@ -181,6 +231,18 @@ def main() -> None:
                            device=args.device)
         bare_forward(lm, data, args.batch_size, limit=2)  # warm-up: kernels, caches
         load = os.getloadavg()
+        if args.outside_only:
+            outside_forward(cfg, lm, data, args.batch_size)  # warm-up: imports, glyphs
+            runs = [outside_forward(cfg, lm, data, args.batch_size)
+                    for _ in range(max(1, args.repeat))]
+            print(f"{args.bases:,} bases, {len(data)} windows; GPTNeoX {args.layers} x "
+                  f"{args.width}, {args.latents or 8 * args.width}-latent SAE; load average "
+                  f"{load[0]:.2f} before, {os.getloadavg()[0]:.2f} after")
+            print("tracks with the forward replayed, wall / CPU s: "
+                  + ", ".join(f"{w:.2f} / {c:.2f}" for w, c in runs)
+                  + f" -> CPU seconds outside the forward per Mb: "
+                  f"{min(c for _, c in runs) / args.bases * 1e6:.2f}")
+            return
         start_rss = rss_mb()
         bare, tracks, bare_cpu, tracks_cpu = [], [], [], []
 
@@ -198,6 +260,7 @@ def main() -> None:
             tracks_cpu.append(cpu)
             bare_pair()
         tracks_rss = rss_mb()
+        out_wall, out_cpu = outside_forward(cfg, lm, data, args.batch_size)
         lines = sum(1 for _ in open(result.bedgraphs[0])) - 1
         name = torch.cuda.get_device_name() if args.device == "cuda" else \
             f"{torch.get_num_threads()} threads"
@@ -215,6 +278,8 @@ def main() -> None:
               + ", ".join(f"{x / b:.2f}x" for x, b in zip(tracks, beside)) + ")")
         print(f"CPU time: bare forward {min(bare_cpu):.2f} s at least, tracks "
               f"{min(tracks_cpu):.2f} s -> {min(tracks_cpu) / min(bare_cpu):.2f}x")
+        print(f"tracks with the forward replayed: {out_wall:.2f} s, {out_cpu:.2f} CPU s -> "
+              f"CPU seconds outside the forward per Mb: {out_cpu / args.bases * 1e6:.2f}")
         print(f"feature 0 fires on {result.summary['frequency'][0]:.1%} of bases, "
               f"{lines:,} bedGraph runs")
         print(f"peak RSS: {start_rss:.0f} MB before, {bare_rss:.0f} MB after the bare forward, "
