@@ -2,14 +2,18 @@
 
 Writes a cache in the harvest's own format (float16 shards, cell-sentence-like sources), then
 times in one run, over the same chunks:
-  read   - `ActivationCache.read` of every chunk (safetensors into memory; the page cache is warm,
-           as it cannot be dropped here: an upper bound on disk speed),
+  read   - `ActivationCache.read` of every chunk with the page cache warm (safetensors into
+           memory: on a many-core machine this is a memory copy, faster than any disk),
+  disk   - the same after asking the kernel to drop the files' cached pages (posix_fadvise
+           DONTNEED, no privileges needed; Linux), so the bytes come from the disk: the issue's
+           "speed of reading the cache from disk". The share of the cache fetched from storage
+           (/proc/self/io) is printed to show that it did,
   encode - the dictionary's sparse encoding of those activations (once),
   stats  - `FeatureStats.update` on the encoded chunks and `result()` (all per-feature, per-cell,
            per-gene work; the compiled kernels are loaded before, and that one-off time printed),
-and prints tokens/s of each and the ratio stats / read (>= 1: the statistics keep up with reading).
-Read and stats are timed side by side `--repeat` times (the machine is shared: the ratio of each
-pair and their range are printed, with the load average).
+and prints tokens/s of each and the ratios stats / disk read and stats / warm read (>= 1: the
+statistics keep up with reading). Reads and stats are timed side by side `--repeat` times (the
+machine is shared: the ratio of each pair and their range are printed, with the load average).
 
     python bench/feature_stats.py [--tokens 131072] [--width 1024] [--latents 8192] [--k 32]
                                   [--top 10] [--repeat 5] [--threads 0[,1,2...]]

@@ -96,12 +96,14 @@ def _drain(bits, a, b, a_empty, scale, out_cols, out_a, out_b, m):  # pragma: no
 
 
 @njit(cache=True, nogil=True)
-def feature_pass(sums, used, act_max, top_v, top_i, floor, indptr, cols, vals, bits, start
-                 ):  # pragma: no cover - compiled
-    """Per-feature statistics of CSR rows in one pass (ids = row + start). Each value goes to
-    the row of its float32 sign and exponent (`bits >> 23`, 512 rows, marked in `used`): its
-    integer significand (negated below zero) into `sums[row, f, 0]`, and 1 into `sums[row, f,
-    1]` (the count beside the sum: one cache line for both).
+def feature_pass(sums, slot, act_max, top_v, top_i, floor, indptr, cols, vals, bits, start,
+                 r0, j0):  # pragma: no cover - compiled
+    """Per-feature statistics of CSR rows in one pass (ids = row + start), from row r0's entry
+    j0 on. Each value goes by its float32 sign and exponent (`e = bits >> 23`, 0-511) to the row
+    `slot[e]` of `sums`: its integer significand (negated below zero) into `sums[slot, f, 0]`,
+    and 1 into `sums[slot, f, 1]` (the count beside the sum: one cache line for both). Values
+    use few exponents, so rows are given out as they come (`slot[512]`: the next free one);
+    when none is free -> (row, entry) to go on from once `sums` has more; (-1, -1) when done.
     Integer sums are exact, so they come out the same in any order: token slices on any number
     of threads, chunks of any size. Also the max and the top lists (larger value, then smaller
     id first), both order-free too. A value below `floor[f]` (K values at least as large are
@@ -112,24 +114,31 @@ def feature_pass(sums, used, act_max, top_v, top_i, floor, indptr, cols, vals, b
     thr = np.full(act_max.shape[0], np.inf, np.float32)
     if K:
         thr[:] = np.maximum(top_v[:, K - 1], floor)
-    for r in range(len(indptr) - 1):
+    for r in range(r0, len(indptr) - 1):
         i = r + start
-        for j in range(indptr[r], indptr[r + 1]):
+        for j in range(max(indptr[r], j0), indptr[r + 1]):
             f, v, b = cols[j], vals[j], bits[j]
-            row = (b >> 23) & 0x1FF
+            e = (b >> 23) & 0x1FF
+            s = slot[e]
+            if s < 0:
+                s = slot[512]
+                if s == sums.shape[0]:
+                    return r, j
+                slot[e] = s
+                slot[512] = s + 1
             m = np.int64(b & 0x7FFFFF)
-            if row & 0xFF:
+            if e & 0xFF:
                 m |= 0x800000
-            if row & 0x100:
+            if e & 0x100:
                 m = -m
-            used[row] = True
-            sums[row, f, 0] += m
-            sums[row, f, 1] += 1
+            sums[s, f, 0] += m
+            sums[s, f, 1] += 1
             if v > act_max[f]:
                 act_max[f] = v
             if v >= thr[f]:
                 _insert(top_v, top_i, f, v, i)
                 thr[f] = top_v[f, K - 1]
+    return -1, -1
 
 
 @njit(cache=True, nogil=True, inline="always")

@@ -348,42 +348,61 @@ class _Features:
     sign and exponent (`kernels.feature_pass`), max and top lists; all of them combine exactly,
     so threads, chunks and shards give the same result bit for bit whichever way they split."""
 
-    ROWS = 512  # float32 sign and exponent
-
     def __init__(self, num_features: int, top_tokens: int):
-        # [row, feature, (significand sum, count)]; untouched rows of np.zeros are never given
-        # memory, and values use a few exponents
-        self.sums = np.zeros((self.ROWS, num_features, 2), np.int64)
-        self.used = np.zeros(self.ROWS, np.bool_)
+        # [row, feature, (significand sum, count)], a row per exponent met, given out as they
+        # come (`slot`: sign and exponent -> row, -1 while none; slot[512]: rows given out)
+        self.sums = np.zeros((8, num_features, 2), np.int64)
+        self.slot = np.full(513, -1, np.int64)
+        self.slot[512] = 0
         self.act_max = np.zeros(num_features, np.float32)
         self.top = TopK(num_features, top_tokens)
 
+    def _grow(self) -> None:
+        more = np.zeros((len(self.sums),) + self.sums.shape[1:], np.int64)
+        self.sums = np.concatenate([self.sums, more])
+
     def add(self, indptr, cols, vals, start: int, floor: np.ndarray) -> None:
-        feature_pass(self.sums, self.used, self.act_max, self.top.values, self.top.ids, floor,
-                     indptr, cols, vals, vals.view(np.int32), start)
+        r, j = 0, 0
+        while True:
+            r, j = feature_pass(self.sums, self.slot, self.act_max, self.top.values,
+                                self.top.ids, floor, indptr, cols, vals, vals.view(np.int32),
+                                start, r, j)
+            if r < 0:
+                return
+            self._grow()
+
+    def rows(self) -> tuple[np.ndarray, np.ndarray]:
+        """(sign-and-exponent codes met, their rows of `sums`), by code."""
+        codes = np.flatnonzero(self.slot[:512] >= 0)
+        return codes, self.slot[codes]
 
     def merge(self, other: "_Features") -> None:
-        rows = np.flatnonzero(other.used)
-        self.sums[rows] += other.sums[rows]
-        self.used |= other.used
+        for code, row in zip(*other.rows()):
+            if self.slot[code] < 0:
+                if self.slot[512] == len(self.sums):
+                    self._grow()
+                self.slot[code] = self.slot[512]
+                self.slot[512] += 1
+            self.sums[self.slot[code]] += other.sums[row]
         np.maximum(self.act_max, other.act_max, out=self.act_max)
         self.top.merge(other.top)
 
     def act_sum(self) -> np.ndarray:
-        """float64 sums: each row's exact integer sum scaled by its power of two, the rows
-        added smallest exponent first."""
-        rows = np.flatnonzero(self.used)
+        """float64 sums: each exponent's exact integer sum scaled by its power of two, added
+        smallest exponent first."""
+        codes, rows = self.rows()
         out = np.zeros(self.sums.shape[1], np.float64)
-        for r in rows[np.argsort(rows & 0xFF, kind="stable")]:
+        for k in np.argsort(codes & 0xFF, kind="stable"):
             # significand * 2^(exponent - 150); exponent 0 (subnormals) scales as 1
-            out += np.ldexp(self.sums[r, :, 0].astype(np.float64), max(int(r & 0xFF), 1) - 150)
+            out += np.ldexp(self.sums[rows[k], :, 0].astype(np.float64),
+                            max(int(codes[k] & 0xFF), 1) - 150)
         return out
 
     def hist(self) -> np.ndarray:
-        """[NUM_BINS, F] fire counts per HIST_EDGES bin: positive rows by exponent (bin b holds
-        [2^(b-11), 2^(b-10)), clamped at both ends), negative values in bin 0."""
-        rows = np.flatnonzero(self.used)
-        bins = np.where(rows & 0x100, 0, np.clip((rows & 0xFF) - 116, 0, NUM_BINS - 1))
+        """[NUM_BINS, F] fire counts per HIST_EDGES bin: positive values by exponent (bin b
+        holds [2^(b-11), 2^(b-10)), clamped at both ends), negative ones in bin 0."""
+        codes, rows = self.rows()
+        bins = np.where(codes & 0x100, 0, np.clip((codes & 0xFF) - 116, 0, NUM_BINS - 1))
         out = np.zeros((NUM_BINS, self.sums.shape[1]), np.int64)
         np.add.at(out, bins, self.sums[rows, :, 1])
         return out
