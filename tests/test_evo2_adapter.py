@@ -237,3 +237,28 @@ def test_real_evo2_missing_is_one_clear_error(tmp_path, capsys):
                  str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert re.search(missing, err) and len(err.strip().splitlines()) == 1
+
+
+def test_importing_vortex_leaves_no_log_file_and_the_root_logger_as_it_was(tmp_path,
+                                                                            monkeypatch):
+    # vortex.logging, on import, creates activations_debug.log in the current folder and sets
+    # the root logger to print every library's INFO messages; our import leaves neither
+    import importlib
+    import importlib.util
+    import logging
+    import sys
+
+    from biollm_engine.models.evo2 import _vortex_import
+
+    if importlib.util.find_spec("vortex") is None:
+        pytest.skip("vortex (the evo2 package's model code) is not installed")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delitem(sys.modules, "vortex.logging", raising=False)
+    root = logging.getLogger()
+    handlers, level, file_handler = root.handlers[:], root.level, logging.FileHandler
+    with _vortex_import():
+        vortex_logging = importlib.import_module("vortex.logging")
+    vortex_logging.activations_logger.error("an error vortex logs")
+    assert not (tmp_path / "activations_debug.log").exists()
+    assert root.handlers == handlers and root.level == level
+    assert logging.FileHandler is file_handler

@@ -15,6 +15,9 @@ for a checkpoint already on disk.
 
 from __future__ import annotations
 
+import logging
+from contextlib import contextmanager
+
 from ..errors import BioLLMError
 from .architectures import Architecture, bind_architecture
 from .loading import LoadedModel
@@ -102,14 +105,39 @@ def wrap_striped_hyena(model, name: str, device: str, dtype: str,
                        num_layers=len(body.get_submodule(arch.layers)), d_model=d_model)
 
 
+class _UnopenedFileHandler(logging.FileHandler):
+    def __init__(self, filename, mode="a", encoding=None, delay=False, errors=None):
+        super().__init__(filename, mode, encoding, True, errors)
+
+
+@contextmanager
+def _vortex_import():
+    """Import evo2 / vortex without what vortex.logging does on import: an activations_debug.log
+    created in the user's current folder, and a handler on the root logger at INFO level (every
+    library's info messages would print in the user's terminal). The file handler is made
+    unopened, and the root logger is given back as it was."""
+    root = logging.getLogger()
+    handlers, level, file_handler = root.handlers[:], root.level, logging.FileHandler
+    logging.FileHandler = _UnopenedFileHandler
+    try:
+        yield
+    finally:
+        logging.FileHandler = file_handler
+        for h in root.handlers[:]:
+            if h not in handlers:
+                root.removeHandler(h)
+        root.setLevel(level)
+
+
 def load_evo2(spec: str) -> LoadedModel:
     """`spec` is `<model name>` or `<model name>:<weights.pt>` (after the `evo2:` prefix)."""
     import torch
 
     name, _, local = spec.partition(":")
     try:
-        from evo2 import Evo2
-        from evo2.utils import MODEL_NAMES
+        with _vortex_import():
+            from evo2 import Evo2
+            from evo2.utils import MODEL_NAMES
     except ImportError:
         raise BioLLMError(f"Evo 2 needs the evo2 package, which is not installed: {INSTALL}."
                           ) from None
@@ -150,8 +178,9 @@ def random_striped_hyena(config: str = "evo2-7b-8k", **overrides):
     import yaml
 
     try:
-        from vortex.model.model import StripedHyena
-        from vortex.model.utils import dotdict
+        with _vortex_import():
+            from vortex.model.model import StripedHyena
+            from vortex.model.utils import dotdict
     except ImportError as e:
         raise BioLLMError(f"Evo 2's architecture needs the evo2 package ({e}): {INSTALL}."
                           ) from None
