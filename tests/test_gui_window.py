@@ -100,6 +100,18 @@ def test_colour_by_continuous_vector_greys_zeros_beneath(qtbot, window, pbmc_h5a
     assert view.colour_bar.scene() is None and len(view.legend_entries()) == 10
 
 
+def test_colour_bar_is_titled_with_what_the_colours_measure(qtbot, window, pbmc_h5ad):
+    load(qtbot, window, pbmc_h5ad, 700)
+    cells, view = window.session.cells, window.embedding
+    cells.set_values(np.linspace(0, 3, 700), "X_sae:7", "max activation over the cell's tokens")
+    assert view.colour_bar.axis.labelText == "max activation over the cell's tokens"
+    assert view.colour_bar.axis.label.isVisible()
+    cells.set_colour("n_genes")  # an obs column: its own name
+    assert view.colour_bar.axis.labelText == "n_genes"
+    cells.set_colour("X_sae:7")  # the unit stays with its vector
+    assert view.colour_bar.axis.labelText == "max activation over the cell's tokens"
+
+
 def test_rectangle_selection_equals_numpy_filter(qtbot, window, pbmc, pbmc_h5ad):
     load(qtbot, window, pbmc_h5ad, 700)
     xy = pbmc.obsm["X_umap"]

@@ -34,6 +34,7 @@ class CellsState:
         self.colour_by: str | None = None
         self.type_key: str | None = None
         self.values: dict[str, np.ndarray] = {}
+        self.units: dict[str, str] = {}  # what each of `values` measures
         self.selection = np.empty(0, dtype=np.int64)
         self.current: int | None = None
         self.gene_values: dict[str, float] = {}
@@ -52,6 +53,7 @@ class CellsState:
         old = self.adata
         self.adata, self.path = adata, Path(path) if path else None
         self.values, self.gene_values, self.current = {}, {}, None
+        self.units = {}
         self.activation_key = None
         self.selection = np.empty(0, dtype=np.int64)
         keys = self.embedding_keys()
@@ -126,14 +128,16 @@ class CellsState:
             raise
         self.colour_changed.emit()
 
-    def set_values(self, array, name: str) -> None:
-        """Colour the cells by a per-cell vector, e.g. a feature's activation (zeros drawn grey)."""
+    def set_values(self, array, name: str, unit: str = "") -> None:
+        """Colour the cells by a per-cell vector, e.g. a feature's activation (zeros drawn grey);
+        `unit`: what the values measure, written beside the colour bar."""
         v = np.asarray(array, dtype=np.float32).ravel()
         if v.shape[0] != self.n_cells:
             raise BioLLMError(f"'{name}' has {v.shape[0]} values but there are {self.n_cells} "
                               "cells; give one value per cell.")
         new = name not in self.values
         self.values[name] = v
+        self.units[name] = unit
         if new:
             self.values_added.emit(name)
         self.set_colour(name)
@@ -150,7 +154,8 @@ class CellsState:
         if self.adata is None or name is None:
             return col.Colouring("none")
         if name in self.values:
-            return col.continuous(name, self.values[name], zero_is_grey=True)
+            return col.continuous(name, self.values[name], zero_is_grey=True,
+                                  unit=self.units.get(name, ""))
         s = self.adata.obs[name]
         if str(s.dtype) in _LABEL_DTYPES:
             n = s.nunique()

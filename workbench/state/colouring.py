@@ -32,6 +32,8 @@ class Colouring:
     vmax: float = 1.0
     cmap: str = "viridis"
     values: np.ndarray | None = None
+    unit: str = ""
+    """Continuous: what the values measure, the colour bar's title (the name when empty)."""
 
     def value_text(self, i: int) -> str:
         if self.kind == "categorical":
@@ -69,7 +71,7 @@ def categorical(name: str, labels, stored_colours=None) -> Colouring:
                      categories=categories, colours=[str(c) for c in colours[:len(categories)]])
 
 
-def continuous(name: str, values, zero_is_grey: bool = False) -> Colouring:
+def continuous(name: str, values, zero_is_grey: bool = False, unit: str = "") -> Colouring:
     v = np.asarray(values, dtype=np.float32).ravel()
     grey = ~np.isfinite(v)
     if zero_is_grey:
@@ -83,4 +85,5 @@ def continuous(name: str, values, zero_is_grey: bool = False) -> Colouring:
     scaled = np.clip((np.nan_to_num(v, nan=vmin) - vmin) / span, 0.0, 1.0)
     levels = (1 + np.minimum((scaled * LEVELS).astype(np.int32), LEVELS - 1)).astype(np.int32)
     levels[grey] = 0
-    return Colouring("continuous", name, levels=levels, vmin=vmin, vmax=vmax, values=v)
+    return Colouring("continuous", name, levels=levels, vmin=vmin, vmax=vmax, values=v,
+                     unit=unit)

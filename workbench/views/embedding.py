@@ -191,6 +191,7 @@ class EmbeddingView(QWidget):
             self.legend.setColumnCount(max(1, math.ceil(len(c.categories) / 24)))
         elif c.kind == "continuous":
             self.colour_bar.setLevels((c.vmin, c.vmax))
+            self.colour_bar.axis.setLabel(c.unit or c.name, color=INK)
         if want is not None and want.scene() is None:
             self.glw.addItem(want, row=0, col=1)
             top = want is self.legend

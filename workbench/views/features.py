@@ -27,6 +27,7 @@ from .icons import icon_later
 from .table import FrameModel
 
 log = logging.getLogger("workbench")
+ACTIVATION_UNIT = "max activation over the cell's tokens"
 
 
 class FeaturesPanel(QWidget):
@@ -246,11 +247,12 @@ class FeaturesPanel(QWidget):
         name = f"{self.key}:{j}" + (f" {label}" if label else "")
         self.feature = j
         if self.results is not None:
-            self.cells.set_values(self.results.cell_values(j), name)
+            self.cells.set_values(self.results.cell_values(j), name, ACTIVATION_UNIT)
             self.detail.show_feature(j, label)
             self._colour_sentence()
         else:
-            self.cells.set_values(feat.column(self.cells.adata.obsm[self.key], j), name)
+            self.cells.set_values(feat.column(self.cells.adata.obsm[self.key], j), name,
+                                  "activation")
 
     def _colour_sentence(self) -> None:
         """The clicked cell's genes coloured by its own activation of the chosen feature: the
