@@ -202,6 +202,8 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", help="cpu or cuda (model and SAE there)")
     ap.add_argument("--repeat", type=int, default=2,
                     help="runs of tracks, each between two bare forwards; minimums compared")
+    ap.add_argument("--top", type=int, default=None,
+                    help="tracks of the N features firing most (--top N) instead of 0,1,2,3")
     ap.add_argument("--outside-only", action="store_true",
                     help="only time tracks with the forward replayed (CPU outside the forward)")
     args = ap.parse_args()
@@ -226,7 +228,8 @@ def main() -> None:
         data = DnaDataset(fasta, DnaConfig(window=args.window, stride=stride, tokenizer="byte"))
         sae = make_sae(tmp / "sae", lm, data, args.latents or 8 * args.width)
         cfg = TracksConfig(model=str(tmp / "model"), data=str(fasta), dict=str(sae),
-                           out=str(tmp / "out"), features="0,1,2,3", window=args.window,
+                           out=str(tmp / "out"), window=args.window, top=args.top,
+                           features=None if args.top else "0,1,2,3",
                            stride=stride, tokenizer="byte", batch_size=args.batch_size,
                            device=args.device)
         bare_forward(lm, data, args.batch_size, limit=2)  # warm-up: kernels, caches
@@ -271,7 +274,7 @@ def main() -> None:
         print("bare forward, from the main thread / a worker thread: "
               + ", ".join(f"{a:.2f} / {b:.2f}" for a, b in bare) + " s "
               f"({args.bases / np.min(bare) / 1e3:.0f} kb/s at best)")
-        print("biollm tracks, 4 features: " + ", ".join(f"{x:.2f}" for x in tracks) + " s")
+        print(f"biollm tracks, {f'--top {args.top}' if args.top else '4 features'}: " + ", ".join(f"{x:.2f}" for x in tracks) + " s")
         beside = [(min(bare[i]) + min(bare[i + 1])) / 2 for i in range(len(tracks))]
         print(f"-> {min(tracks) / np.min(bare):.2f}x the bare forward (best against best; each "
               "run against the mean of the best bare runs beside it: "

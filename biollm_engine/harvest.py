@@ -83,12 +83,12 @@ def pad_batch(batch: list[TokenizedExample], pad_id: int, max_length: int | None
 
 def kept_activations(lm: LoadedModel, examples: Iterable[TokenizedExample],
                      hookpoints: Sequence[str], batch_size: int = 8,
-                     max_length: int | None = None, dtype=None
+                     max_length: int | None = None, dtype=None, device="cpu"
                      ) -> Iterator[tuple[dict, dict, int]]:
     """Per forward batch: ({hookpoint: [n, d]}, {source field: [n]}, examples in the batch).
 
-    Only kept, non-padding tokens, in example then position order, on the CPU; `dtype` casts
-    the activations (default: the model's).
+    Only kept, non-padding tokens, in example then position order, on `device` (None: where
+    the model ran); `dtype` casts the activations (default: the model's).
     """
     import torch
 
@@ -111,8 +111,15 @@ def kept_activations(lm: LoadedModel, examples: Iterable[TokenizedExample],
             mask_t = torch.from_numpy(mask).to(device=lm.device, dtype=torch.long)
             with capture(lm, names) as acts:
                 run_to(lm, ids_t, mask_t)
-            sel_t = torch.from_numpy(sel).to(lm.device)
-            out = {h: acts[h][sel_t].to(device="cpu", dtype=dtype) for h in names}
+            # the kept rows by their flat index (a boolean mask would wait on the device to
+            # count them); all of them, as in windows of DNA, without a copy
+            flat = None if len(rows) == sel.size else \
+                torch.from_numpy(rows * sel.shape[1] + cols).to(lm.device)
+            out = {}
+            for h in names:
+                a = acts[h].reshape(-1, acts[h].shape[-1])
+                out[h] = (a if flat is None else a.index_select(0, flat)).to(
+                    device=device or a.device, dtype=dtype)
             yield out, sources, len(batch)
 
 

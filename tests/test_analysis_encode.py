@@ -138,3 +138,30 @@ def test_read_ahead_keeps_order_raises_errors_and_stops_the_worker_early():
     assert next(ahead) == 0
     ahead.close()  # the caller stops: the worker stops and closes its source
     assert closed == [True] and len(made) <= 5
+
+
+@pytest.mark.parametrize("activation", ["relu", "jumprelu", "topk", "batchtopk", "untrained"])
+def test_firing_counts_equal_the_counts_of_the_live_chunks(setup, activation):
+    """`--top` picks features by these counts, made without sparse chunks; they must be the
+    chunks' own counts for every rule (padded batches of cell sentences of several lengths)."""
+    from biollm_engine.analysis.encode import firing_counts
+
+    lm, ds, _, cache = setup
+    torch.manual_seed(5)
+    kind = "batchtopk" if activation == "untrained" else activation
+    d = Dictionary(DictionaryConfig(kind="sae", activation=kind, d_in=64, num_latents=48, k=6,
+                                    hookpoint="layers.1")).eval()
+    with torch.no_grad():
+        pre = d.pre_acts(cache.read("layers.1", 0, 400))
+        if activation == "jumprelu":  # some thresholds below zero
+            d.threshold.copy_(torch.quantile(pre, 0.8, dim=0))
+            d.threshold[:8] = -0.5
+        if activation == "batchtopk":
+            d.threshold.fill_(float(torch.quantile(pre, 0.9)))
+    examples = list(ds.examples(lm.tokenizer, indices=CELLS[:9]))
+    assert len({len(e.input_ids) for e in examples}) > 1
+    counts = firing_counts(lm, examples, d, batch_size=4)
+    chunks = list(encode_live(lm, examples, d, batch_size=4))
+    expected = sum(np.bincount(c.acts.indices, minlength=48) for c in chunks)
+    assert counts.dtype == np.int64 and counts.any()
+    np.testing.assert_array_equal(counts, expected)

@@ -74,12 +74,10 @@ def _chrom(name: str) -> str:
     return re.sub(r"\s+", "_", name) or "record"
 
 
-def _top_features(chunks, n: int) -> list[int]:
-    counts = None
-    for chunk in chunks:
-        c = np.bincount(chunk.acts.indices, minlength=chunk.acts.shape[1])
-        counts = c if counts is None else counts + c
-    if counts is None or not counts.any():
+def _top_features(counts: np.ndarray, n: int) -> list[int]:
+    """The `n` features firing on the most tokens (ties: the lower index), never one that
+    does not fire."""
+    if not counts.any():
         raise BioLLMError("no feature fires anywhere on this data; check the dictionary's "
                           "hookpoint and model.")
     order = np.argsort(-counts, kind="stable")
@@ -94,7 +92,7 @@ def run_tracks(cfg: TracksConfig, progress: ProgressCallback | None = None,
     from ..models import load_model, resolve_hookpoint
     from .dna_enrichment import (BaseStats, fetch_intervals, frequency_matrix, prepare_logos,
                                  write_logo)
-    from .encode import encode_live, read_ahead
+    from .encode import encode_live, firing_counts, read_ahead
     from .tracks import BedGraphWriter, stream_tracks, token_spans
 
     if (cfg.features is None) == (cfg.top is None):
@@ -124,13 +122,15 @@ def run_tracks(cfg: TracksConfig, progress: ProgressCallback | None = None,
         check_records(ann, names, cfg.annotations)
     span = None if tok == "byte" else token_spans(lm.tokenizer)
 
-    def chunks(features=None):  # the next batch's forward runs while this one is used
+    def chunks(features):  # the next batch's forward runs while this one is used
         return read_ahead(encode_live(lm, data.examples(lm.tokenizer), dictionary, hookpoint,
                                       cfg.batch_size, progress=progress, cancel=cancel,
                                       total=len(data), features=features))
 
     if chosen is None:
-        chosen = _top_features(chunks(), cfg.top)
+        chosen = _top_features(firing_counts(lm, data.examples(lm.tokenizer), dictionary,
+                                             hookpoint, cfg.batch_size, progress=progress,
+                                             cancel=cancel, total=len(data)), cfg.top)
     check_features(chosen, dictionary.num_latents)
     types = annotation_types(ann) if ann is not None else []
     stats = BaseStats(chosen, types, top=max(cfg.top_windows, 50))
@@ -198,7 +198,7 @@ def record_tracks(model: str, data: str, dictionary: str, record: int = 0,
     from ..dictionaries.formats import check_features, load_dictionary
     from ..inputs.dna import DnaConfig, DnaDataset
     from ..models import load_model, resolve_hookpoint
-    from .encode import encode_live, read_ahead
+    from .encode import encode_live, firing_counts, read_ahead
     from .tracks import base_tracks, token_spans
 
     sae = load_dictionary(dictionary)
@@ -214,16 +214,18 @@ def record_tracks(model: str, data: str, dictionary: str, record: int = 0,
     indices = table.index[table["record"] == record].tolist()
     span = None if tokenizer == "byte" else token_spans(lm.tokenizer)
 
-    def chunks(features=None):
-        return read_ahead(encode_live(lm, ds.examples(lm.tokenizer, indices=indices), sae,
-                                      hookpoint, batch_size, progress=progress, cancel=cancel,
-                                      total=len(indices), features=features))
+    def examples():
+        return ds.examples(lm.tokenizer, indices=indices)
 
-    features = list(features) if features else _top_features(chunks(), top)
+    features = list(features) if features else _top_features(
+        firing_counts(lm, examples(), sae, hookpoint, batch_size, progress=progress,
+                      cancel=cancel, total=len(indices)), top)
     check_features(features, sae.num_latents)
     n = int(ds.records["length"][record])
-    values = base_tracks(chunks(features), range(len(features)), {record: n}, span,
-                         table)[record]
+    chunks = read_ahead(encode_live(lm, examples(), sae, hookpoint, batch_size,
+                                    progress=progress, cancel=cancel, total=len(indices),
+                                    features=features))
+    values = base_tracks(chunks, range(len(features)), {record: n}, span, table)[record]
     return RecordTracks(str(ds.records["name"][record]), features, values)
 
 

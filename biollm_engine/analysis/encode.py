@@ -41,7 +41,10 @@ def sparse_from_topk(values, indices, num_features: int) -> sp.csr_matrix:
     return m
 
 
-def encode_activations(dictionary, x, batch_size: int = 4096) -> sp.csr_matrix:
+ENCODE_ROWS = 4096  # tokens encoded at once (BatchTopK before training picks over them)
+
+
+def encode_activations(dictionary, x, batch_size: int = ENCODE_ROWS) -> sp.csr_matrix:
     """Encode activations [N, d_in] (tensor or array) with `dictionary.encode_sparse`."""
     import torch
 
@@ -82,6 +85,22 @@ def encode_cache(cache, dictionary, hookpoint: str | None = None, chunk_tokens: 
         tracker.update(steps=stop - start, tokens=stop - start)
 
 
+def firing_threshold(d):
+    """What a latent's pre-activation must exceed to fire, where each latent fires by itself
+    (ReLU: 0; JumpReLU: its threshold; BatchTopK past training: its inference threshold);
+    None where latents are compared (TopK, BatchTopK in training)."""
+    import torch
+
+    act = d.cfg.activation
+    if act == "relu":
+        return torch.zeros((), dtype=d.dtype, device=d.device)
+    if act == "jumprelu":
+        return d.threshold
+    if act == "batchtopk" and not d.training and float(d.threshold) >= 0:
+        return d.threshold.clamp_min(0)
+    return None
+
+
 class FeatureEncoder:
     """Activations of chosen features only: dense float32 [N, len(features)], equal to those
     columns of `encode_activations`.
@@ -96,16 +115,13 @@ class FeatureEncoder:
 
         self.dictionary = d = dictionary
         self.features = torch.as_tensor(np.asarray(features, dtype=np.int64), device=d.device)
-        act = d.cfg.activation
-        self.elementwise = act in ("relu", "jumprelu") or (
-            act == "batchtopk" and not d.training and float(d.threshold) >= 0)
+        threshold = firing_threshold(d)
+        self.elementwise = threshold is not None
         if self.elementwise:
             f = self.features
             self.W = d._W_enc()[f].T.contiguous()
             self.b = d.b_enc[f]
-            self.threshold = (d.threshold[f] if act == "jumprelu" else
-                              d.threshold.clamp_min(0) if act == "batchtopk" else
-                              torch.zeros((), dtype=d.dtype, device=d.device))
+            self.threshold = threshold[f] if threshold.ndim else threshold
         else:
             col = torch.full((d.num_latents,), -1, dtype=torch.long, device=d.device)
             col[self.features] = torch.arange(len(self.features), device=d.device)
@@ -166,6 +182,48 @@ def encode_live(lm, examples: Iterable, dictionary, hookpoint: str | None = None
         yield EncodedChunk(encode(acts[hp.name]), sources, start)
         start += len(sources)
         tracker.update(steps=n_examples, tokens=len(sources))
+
+
+def firing_counts(lm, examples: Iterable, dictionary, hookpoint: str | None = None,
+                  batch_size: int = 8, max_length: int | None = None,
+                  progress: ProgressCallback | None = None, cancel: CancelToken | None = None,
+                  total: int | None = None) -> np.ndarray:
+    """Tokens each feature fires on (int64 [num_latents]): the counts of `encode_live`'s chunks
+    without making them. The activations stay where the model ran and are encoded in
+    `encode_activations`' slices (so the same values), and only the counts reach the CPU."""
+    import torch
+
+    from ..dictionaries.formats import check_fits
+    from ..harvest import kept_activations
+    from ..models import resolve_hookpoint
+
+    hp = resolve_hookpoint(lm, hookpoint or dictionary.cfg.hookpoint)
+    check_fits(dictionary, hp.width)
+    tracker = ProgressTracker("encode", total=total, callback=progress, cancel=cancel)
+    d, n = dictionary, dictionary.num_latents
+    threshold = firing_threshold(d)
+    positive = threshold is not None and bool((threshold >= 0).all())
+    counts = torch.zeros(n, dtype=torch.int64, device=d.device)
+    with torch.inference_mode():
+        for acts, _, n_examples in kept_activations(lm, examples, [hp.name], batch_size,
+                                                    max_length, dtype=torch.float32,
+                                                    device=None):
+            x = acts[hp.name]
+            for start in range(0, len(x), ENCODE_ROWS):
+                xb = x[start:start + ENCODE_ROWS].to(d.device, d.dtype)
+                if threshold is not None:  # no sparse values needed: which latents pass
+                    pre = d.pre_acts(d._flat(xb, d.cfg.d_in, "input")[0])
+                    if not torch.isnan(pre.sum()):  # NaN pads rows of the sparse encoding
+                        fired = pre > threshold
+                        if not positive:  # a zero passing a negative threshold is no value
+                            fired &= pre != 0
+                        counts += fired.sum(0)
+                        continue
+                vals, idx = d.encode_sparse(xb)
+                # a row's nonzero latents are distinct, so this is the CSR's column count
+                counts += torch.bincount(idx[vals != 0], minlength=n)
+            tracker.update(steps=n_examples, tokens=len(x))
+    return counts.cpu().numpy()
 
 
 _END = object()
