@@ -63,7 +63,27 @@ def test_accuracy_equals_a_direct_count(evaluated):
     for name, a in zip(names, acc):
         rows = [i for i, t in enumerate(r.truth) if t == name]
         assert a == pytest.approx(np.mean([r.predictions[i] == name for i in rows]))
-    np.testing.assert_allclose(evaluated.bars.opts["height"], acc)
+    np.testing.assert_allclose(evaluated.bars.opts["width"], acc)
+
+
+def test_confusion_and_bars_name_every_type_in_full(evaluated):
+    s = evaluated.state.summary
+    labels, predicted = s["confusion"]["labels"], s["confusion"]["predicted"]
+    matrix = np.asarray(s["confusion"]["matrix"])
+    rows = [t for _, t in evaluated.heat_plot.getAxis("left")._tickLevels[0]]
+    cols = [t for _, t in evaluated.heat_plot.getAxis("bottom")._tickLevels[0]]
+    # each row its whole label and a number; each column that number (or its own name)
+    assert rows == [f"{name}  {i + 1}" for i, name in enumerate(labels)]
+    assert predicted[-1] == "unmatched" and "? = unmatched" in evaluated.heat_plot.titleLabel.text
+    assert cols == [str(i + 1) for i in range(len(labels))] + ["?"]
+    assert len(set(cols)) == len(cols)
+    # every non-empty square has its count written in it
+    written = {(t.pos().y() - 0.5, t.pos().x() - 0.5): t.textItem.toPlainText()
+               for t in evaluated.counts}
+    assert written == {(i, j): str(int(n)) for (i, j), n in np.ndenumerate(matrix) if n}
+    assert evaluated.heat_plot.getAxis("bottom").labelText.startswith("predicted")
+    names, _ = evaluated.state.per_type_accuracy()
+    assert [t for _, t in evaluated.bar_plot.getAxis("left")._tickLevels[0]] == names
 
 
 def test_wrong_and_changed_cells_are_marked_on_the_embedding(evaluated):

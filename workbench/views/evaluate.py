@@ -18,6 +18,7 @@ from PySide6.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QHBoxLayout,
 
 from biollm_engine.errors import BioLLMError
 from biollm_engine.evaluation import EvaluateConfig
+from biollm_engine.evaluation.labels import UNMATCHED
 
 from ..state.evaluate import EvaluateState, run_evaluation
 from ..state.session import Session
@@ -46,14 +47,22 @@ class EvaluatePanel(QWidget):
         self.summary.setWordWrap(True)
         self.plots = pg.GraphicsLayoutWidget()
         self.plots.setBackground("w")
-        self.heat_plot = self.plots.addPlot(title="confusion (rows: label)")
+        self.heat_plot = self.plots.addPlot(title="confusion matrix (cells; ? = unmatched)")
+        self.heat_plot.setLabel("left", "label")
+        self.heat_plot.setLabel("bottom", "predicted")
         self.heat = pg.ImageItem(axisOrder="row-major")
         self.heat.setColorMap(pg.colormap.get("viridis"))
         self.heat_plot.addItem(self.heat)
         self.heat_plot.invertY(True)
+        self.counts: list[pg.TextItem] = []  # the number of cells written in each square
         self.plots.nextRow()
+        # horizontal bars, as the other panels' per-type plots: the full names fit on the left
         self.bar_plot = self.plots.addPlot(title="accuracy per cell type")
-        self.bar_plot.setYRange(0, 1)
+        self.bar_plot.setLabel("bottom", "accuracy (fraction of the type's cells)")
+        self.bar_plot.invertY(True)
+        for plot in (self.heat_plot, self.bar_plot):
+            plot.setMenuEnabled(False)
+            plot.getAxis("left").setStyle(autoExpandTextSpace=True)
         show_wrong = QPushButton("Mark wrong cells")
         show_changed = QPushButton("Mark changed cells")
         save = QPushButton("Export CSV…")
@@ -129,16 +138,31 @@ class EvaluatePanel(QWidget):
         self.summary.setText(text)
         matrix, rows, cols = self.state.confusion()
         self.heat.setImage(matrix, levels=(0, max(1.0, float(matrix.max()))))
-        self.heat_plot.getAxis("left").setTicks([[(i + 0.5, r[:14]) for i, r in
+        # columns are the labels again (plus unmatched): numbered, each number beside its label,
+        # so no name is cut to a stub that several labels share
+        number = {r: str(i + 1) for i, r in enumerate(rows)} | {UNMATCHED: "?"}
+        self.heat_plot.getAxis("left").setTicks([[(i + 0.5, f"{r}  {i + 1}") for i, r in
                                                   enumerate(rows)]])
-        self.heat_plot.getAxis("bottom").setTicks([[(j + 0.5, c[:6]) for j, c in
+        self.heat_plot.getAxis("bottom").setTicks([[(j + 0.5, number.get(c, c)) for j, c in
                                                     enumerate(cols)]])
+        for item in self.counts:
+            self.heat_plot.removeItem(item)
+        top = float(matrix.max()) or 1.0
+        self.counts = []
+        for (i, j), n in np.ndenumerate(matrix):
+            if n:
+                t = pg.TextItem(f"{n:.0f}", anchor=(0.5, 0.5),
+                                color="k" if n > 0.6 * top else "w")
+                t.setPos(j + 0.5, i + 0.5)
+                self.heat_plot.addItem(t)
+                self.counts.append(t)
         names, acc = self.state.per_type_accuracy()
         self.bar_plot.clear()
-        self.bars = pg.BarGraphItem(x=np.arange(len(acc)), height=acc, width=0.7,
+        self.bars = pg.BarGraphItem(x0=0, y=np.arange(len(acc)), width=acc, height=0.7,
                                     brush="#4393c3")
         self.bar_plot.addItem(self.bars)
-        self.bar_plot.getAxis("bottom").setTicks([[(i, n[:8]) for i, n in enumerate(names)]])
+        self.bar_plot.getAxis("left").setTicks([[(i, n) for i, n in enumerate(names)]])
+        self.bar_plot.setXRange(0, 1)
 
     def mark(self, which: str) -> np.ndarray | None:
         """Select the wrong (or changed) cells and colour them on the embedding."""
