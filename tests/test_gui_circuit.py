@@ -181,8 +181,11 @@ def test_edit_selected_cells_counts_changed_predictions(built):
     assert len(forwards) == 2  # the six cells in one batch: before and after, one pass each
     changed = int((before_after[:, 0] != before_after[:, 1]).sum())
     assert f"<b>{changed}</b> of 6 selected cells" in panel.result.text()
-    marks = cells.values["changed by the circuit edit"]
-    assert int(marks.sum()) == changed and marks[6:].sum() == 0
+    marks = np.asarray(cells.values["changed by the circuit edit"], dtype=object)
+    assert (marks[:6] == "changed").sum() == changed and set(marks[:6]) <= {"changed", "unchanged"}
+    assert pd.isna(marks[6:]).all()  # cells not edited: grey, unlabelled
+    c = cells.colouring()  # a legend of two labels, not a colour bar over 0..1
+    assert c.kind == "categorical" and c.categories == ["changed", "unchanged"]
     # each cell as the engine edits it alone (every position, the same feature edit)
     g, j = st.graph, int(row.argmax())
     layer, feat = int(g.features[j, 0]), int(g.features[j, 2])

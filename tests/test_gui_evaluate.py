@@ -8,6 +8,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
+from PySide6.QtCore import QCoreApplication
 
 from workbench.state.session import Session
 
@@ -74,14 +75,18 @@ def test_confusion_and_bars_name_every_type_in_full(evaluated):
     cols = [t for _, t in evaluated.heat_plot.getAxis("bottom")._tickLevels[0]]
     # each row its whole label and a number; each column that number (or its own name)
     assert rows == [f"{name}  {i + 1}" for i, name in enumerate(labels)]
-    assert predicted[-1] == "unmatched" and "? = unmatched" in evaluated.heat_plot.titleLabel.text
+    assert predicted[-1] == "unmatched"
+    assert evaluated.heat_plot.getAxis("bottom").labelText == "predicted (? = unmatched)"
     assert cols == [str(i + 1) for i in range(len(labels))] + ["?"]
     assert len(set(cols)) == len(cols)
     # every non-empty square has its count written in it
     written = {(t.pos().y() - 0.5, t.pos().x() - 0.5): t.textItem.toPlainText()
                for t in evaluated.counts}
     assert written == {(i, j): str(int(n)) for (i, j), n in np.ndenumerate(matrix) if n}
-    assert evaluated.heat_plot.getAxis("bottom").labelText.startswith("predicted")
+    # the plots fit the panel: nothing drawn past its right edge
+    evaluated.resize(420, 700)
+    QCoreApplication.processEvents()
+    assert evaluated.plots.ci.minimumWidth() <= evaluated.plots.viewport().width()
     names, _ = evaluated.state.per_type_accuracy()
     assert [t for _, t in evaluated.bar_plot.getAxis("left")._tickLevels[0]] == names
 
@@ -92,8 +97,12 @@ def test_wrong_and_changed_cells_are_marked_on_the_embedding(evaluated):
     wrong = evaluated.mark("wrong")
     expected = sorted(st.rows[[t != p for t, p in zip(r.truth, r.predictions)]].tolist())
     assert cells.selection.tolist() == expected == sorted(wrong.tolist())
-    marks = cells.values["wrong prediction (evaluation)"]
-    assert set(np.flatnonzero(marks == 1.0)) == set(expected)
+    marks = np.asarray(cells.values["wrong prediction (evaluation)"], dtype=object)
+    assert set(np.flatnonzero(marks == "wrong")) == set(expected)
+    assert set(np.flatnonzero(marks == "right")) == set(st.rows) - set(expected)
+    assert pd.isna(np.delete(marks, st.rows)).all()  # not evaluated: grey, no label
+    c = cells.colouring()  # a legend naming both, not a colour bar over 0..1
+    assert c.kind == "categorical" and c.categories == ["wrong", "right"]
     changed = evaluated.mark("changed")
     assert r.spliced_predictions is not None
     n_changed = sum(a != b for a, b in zip(r.predictions, r.spliced_predictions))

@@ -33,8 +33,9 @@ class CellsState:
         self.obsm_key: str | None = None
         self.colour_by: str | None = None
         self.type_key: str | None = None
-        self.values: dict[str, np.ndarray] = {}
+        self.values: dict = {}  # name -> per-cell float array, or labels (a pd.Categorical)
         self.units: dict[str, str] = {}  # what each of `values` measures
+        self.label_colours: dict[str, list[str]] = {}  # `values` that are labels: their colours
         self.selection = np.empty(0, dtype=np.int64)
         self.current: int | None = None
         self.gene_values: dict[str, float] = {}
@@ -53,7 +54,7 @@ class CellsState:
         old = self.adata
         self.adata, self.path = adata, Path(path) if path else None
         self.values, self.gene_values, self.current = {}, {}, None
-        self.units = {}
+        self.units, self.label_colours = {}, {}
         self.activation_key = None
         self.selection = np.empty(0, dtype=np.int64)
         keys = self.embedding_keys()
@@ -138,6 +139,24 @@ class CellsState:
         new = name not in self.values
         self.values[name] = v
         self.units[name] = unit
+        self.label_colours.pop(name, None)
+        if new:
+            self.values_added.emit(name)
+        self.set_colour(name)
+
+    def set_labels(self, labels, name: str, categories: list[str], colours: list[str]) -> None:
+        """Colour the cells by a per-cell label, e.g. which an evaluation got wrong: `labels` holds
+        one of `categories` per cell, or None (drawn grey, beneath); legend in `colours`."""
+        import pandas as pd
+
+        v = pd.Categorical(np.asarray(labels, dtype=object).ravel(), categories=categories)
+        if len(v) != self.n_cells:
+            raise BioLLMError(f"'{name}' has {len(v)} labels but there are {self.n_cells} "
+                              "cells; give one label per cell.")
+        new = name not in self.values
+        self.values[name] = v
+        self.units[name] = ""
+        self.label_colours[name] = list(colours)
         if new:
             self.values_added.emit(name)
         self.set_colour(name)
@@ -153,6 +172,8 @@ class CellsState:
         name = self.colour_by
         if self.adata is None or name is None:
             return col.Colouring("none")
+        if name in self.label_colours:
+            return col.categorical(name, self.values[name], self.label_colours[name])
         if name in self.values:
             return col.continuous(name, self.values[name], zero_is_grey=True,
                                   unit=self.units.get(name, ""))

@@ -14,6 +14,7 @@ DEFAULT_20 = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", 
               "#bcbd22", "#17becf", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5",
               "#c49c94", "#f7b6d2", "#dbdb8d", "#9edae5", "#ad494a", "#8c6d31"]
 GREY = "#d3d3d3"  # scanpy's na_color
+MARKED, UNMARKED = "#d62728", "#4393c3"  # cells an evaluation or an edit marks, and the others
 LEVELS = 256
 
 

@@ -19,6 +19,7 @@ from superqt import QLabeledDoubleSlider
 
 from biollm_engine.errors import BioLLMError
 
+from ..state.colouring import MARKED, UNMARKED
 from ..state.circuit import CircuitRequest, CircuitState, build, edit_cells
 from ..state.session import Session
 from .circuit_graph import NEGATIVE, POSITIVE, GraphItems
@@ -308,12 +309,14 @@ class CircuitPanel(QWidget):
                     self._error(job.error)
                 return
             changed = job.result[:, 0] != job.result[:, 1]
-            marks = np.zeros(c.n_cells, dtype=np.float32)
-            marks[cells[changed]] = 1.0
+            marks = np.full(c.n_cells, None, dtype=object)  # cells not edited: grey
+            marks[cells] = "unchanged"
+            marks[cells[changed]] = "changed"
             self.result.setText(f"The edit changes the predicted type of "
                                 f"<b>{int(changed.sum())}</b> of {len(cells)} selected cells "
                                 "(coloured on the embedding).")
-            c.set_values(marks, "changed by the circuit edit")
+            c.set_labels(marks, "changed by the circuit edit", ["changed", "unchanged"],
+                         [MARKED, UNMARKED])
 
         job.finished.connect(done)
         return job

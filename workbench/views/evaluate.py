@@ -20,6 +20,7 @@ from biollm_engine.errors import BioLLMError
 from biollm_engine.evaluation import EvaluateConfig
 from biollm_engine.evaluation.labels import UNMATCHED
 
+from ..state.colouring import MARKED, UNMARKED
 from ..state.evaluate import EvaluateState, run_evaluation
 from ..state.session import Session
 from .errors import guarded, show_error
@@ -47,9 +48,10 @@ class EvaluatePanel(QWidget):
         self.summary.setWordWrap(True)
         self.plots = pg.GraphicsLayoutWidget()
         self.plots.setBackground("w")
-        self.heat_plot = self.plots.addPlot(title="confusion matrix (cells; ? = unmatched)")
+        # a title wider than the plot would widen the layout past the dock: the key goes below
+        self.heat_plot = self.plots.addPlot(title="confusion matrix (cells)")
         self.heat_plot.setLabel("left", "label")
-        self.heat_plot.setLabel("bottom", "predicted")
+        self.heat_plot.setLabel("bottom", "predicted (? = unmatched)")
         self.heat = pg.ImageItem(axisOrder="row-major")
         self.heat.setColorMap(pg.colormap.get("viridis"))
         self.heat_plot.addItem(self.heat)
@@ -173,10 +175,12 @@ class EvaluatePanel(QWidget):
         if which == "changed" and self.state.result.changed is None:
             self._error("Choose a dictionary to splice, then evaluate, to see changed cells.")
             return None
-        marks = np.zeros(self.cells.n_cells, dtype=np.float32)
-        marks[self.state.rows] = 0.2  # evaluated, drawn faint; marked cells full
-        marks[rows] = 1.0
-        self.cells.set_values(marks, f"{which} prediction (evaluation)")
+        other = "right" if which == "wrong" else "unchanged"
+        labels = np.full(self.cells.n_cells, None, dtype=object)  # not evaluated: grey
+        labels[self.state.rows] = other
+        labels[rows] = which
+        self.cells.set_labels(labels, f"{which} prediction (evaluation)", [which, other],
+                              [MARKED, UNMARKED])
         self.cells.select(rows)
         return rows
 
