@@ -58,6 +58,8 @@ class BaseStats:
                 self.sum_inside[i] += (bits * v).sum(axis=1)
                 self.zeros_inside[i] += masks.sum(axis=1) - bits.sum(axis=1)
             runs = np.flatnonzero(starts_run[i])
+            if len(self.peaks[i]) == self.top:  # a full list: only a higher run gets in
+                runs = runs[values[i, runs] > self.peaks[i][-1, 0]]
             if len(runs):
                 best = runs[np.argsort(-values[i, runs], kind="stable")[:self.top]]
                 new = np.stack([values[i, best], np.full(len(best), record), start + best], 1)
@@ -93,7 +95,8 @@ class BaseStats:
                                            "mean_outside", "bases_inside"])
 
 
-def fetch_intervals(path, wanted: list[tuple[int, int, int]]) -> list[str]:
+def fetch_intervals(path, wanted: list[tuple[int, int, int]],
+                    uppercase: bool = True) -> list[str]:
     """The forward-strand bases of each (record, start, end), streaming the file once; positions
     outside the record read as 'N' so every context has its full length."""
     from ..inputs.dna import read_sequences
@@ -102,7 +105,9 @@ def fetch_intervals(path, wanted: list[tuple[int, int, int]]) -> list[str]:
     by_record: dict[int, list[int]] = {}
     for j, (r, _, _) in enumerate(wanted):
         by_record.setdefault(int(r), []).append(j)
-    for record, _, offset, chunk in read_sequences(path):
+    if not wanted:
+        return []
+    for record, _, offset, chunk in read_sequences(path, uppercase):
         for j in by_record.get(record, ()):
             _, s, e = wanted[j]
             a, b = max(s, offset), min(e, offset + len(chunk))

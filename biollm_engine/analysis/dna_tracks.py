@@ -88,12 +88,12 @@ def run_tracks(cfg: TracksConfig, progress: ProgressCallback | None = None,
                cancel: CancelToken | None = None) -> TracksResult:
     from ..dictionaries.formats import check_features, load_dictionary
     from ..inputs.annotations import annotation_types, base_masks, check_records, read_annotations
-    from ..inputs.dna import DnaConfig, DnaDataset
+    from ..inputs.dna import DnaConfig, DnaDataset, reverse_complement
     from ..models import load_model, resolve_hookpoint
     from .dna_enrichment import (BaseStats, fetch_intervals, frequency_matrix, prepare_logos,
                                  write_logo)
     from .encode import encode_live, firing_counts, read_ahead
-    from .tracks import BedGraphWriter, stream_tracks, token_spans
+    from .tracks import BedGraphWriter, csr_entries, stream_tracks, token_spans
 
     if (cfg.features is None) == (cfg.top is None):
         raise BioLLMError("give exactly one of --features (e.g. 3,17) or --top N.")
@@ -138,8 +138,8 @@ def run_tracks(cfg: TracksConfig, progress: ProgressCallback | None = None,
 
     def tapped():  # chunks of the chosen features' columns only
         for chunk in chunks(chosen):
-            sub = chunk.acts.tocoo()
-            np.maximum.at(window_max, (chunk.sources.record[sub.row], sub.col), sub.data)
+            row, col, value = csr_entries(chunk.acts)
+            np.maximum.at(window_max, (chunk.sources.record[row], col), value)
             yield chunk
 
     paths = [out / f"feature_{f}.bedgraph" for f in chosen]
@@ -161,18 +161,29 @@ def run_tracks(cfg: TracksConfig, progress: ProgressCallback | None = None,
                             "max": window_max.max(axis=0) if len(data) else 0.0})
     _write_csv(summary, out / "features.csv")
     top = _top_windows(data, window_max, chosen, cfg.top_windows)
+    flank = cfg.logo_flank
+    # the top windows' bases and every peak's context, in one more read of the file
+    table = data.windows_table()
+    shown = sorted(set(top["window"]))
+    wanted = [(int(table.at[w, "record"]), int(table.at[w, "start"]), int(table.at[w, "end"]))
+              for w in shown]
+    for peaks in stats.peaks:
+        wanted += [(int(r), int(p) - flank, int(p) + flank + 1) for _, r, p in peaks]
+    seqs = fetch_intervals(cfg.data, wanted, uppercase=data.cfg.uppercase)
+    forward = dict(zip(shown, seqs))
+    top["sequence"] = [forward[w] if strand == "+" else reverse_complement(forward[w])
+                       for w, strand in zip(top["window"], top["strand"])]
     _write_csv(top, out / "top_windows.csv")
     enrichment = None
     if ann is not None:
         enrichment = stats.enrichment()
         _write_csv(enrichment, out / "enrichment.csv")
-    flank = cfg.logo_flank
+    done = len(shown)
     for i, f in enumerate(chosen):
-        peaks = stats.peaks[i]
-        if not len(peaks):
+        contexts = [c.upper() for c in seqs[done:done + len(stats.peaks[i])]]
+        done += len(contexts)
+        if not contexts:
             continue
-        contexts = fetch_intervals(cfg.data, [(int(r), int(p) - flank, int(p) + flank + 1)
-                                              for _, r, p in peaks])
         write_logo(frequency_matrix(contexts), out / f"feature_{f}_logo.png",
                    f"feature {f}: {len(contexts)} strongest peaks", first=-flank)
     return TracksResult(out, chosen, paths, summary, top, enrichment)
@@ -230,6 +241,8 @@ def record_tracks(model: str, data: str, dictionary: str, record: int = 0,
 
 
 def _top_windows(data, window_max: np.ndarray, chosen: list[int], n: int) -> pd.DataFrame:
+    """Each feature's `n` windows of the highest max (its sequence left for the caller to
+    fill, from the read that also fetches the logos' contexts)."""
     table = data.windows_table()
     rows = []
     for i, f in enumerate(chosen):
@@ -239,9 +252,8 @@ def _top_windows(data, window_max: np.ndarray, chosen: list[int], n: int) -> pd.
             rows.append(dict(feature=f, rank=rank + 1, window=int(w),
                              value=float(window_max[w, i])))
     df = pd.DataFrame(rows, columns=["feature", "rank", "window", "value"])
-    seqs = {w.index: w.seq for w in data.windows(sorted(set(df["window"])))} if len(df) else {}
     df = df.join(table[["name", "start", "end", "strand"]], on="window")
-    df["sequence"] = [seqs[w] for w in df["window"]]
+    df["sequence"] = ""
     return df
 
 

@@ -42,13 +42,23 @@ def _active(chunk: EncodedChunk, feats: np.ndarray, span: np.ndarray | None):
     from ..dictionaries.formats import check_features
 
     check_features(feats, chunk.acts.shape[1])
-    sub = chunk.acts[:, feats].tocoo()
+    acts = chunk.acts
+    if len(feats) != acts.shape[1] or np.any(feats != np.arange(len(feats))):
+        acts = acts[:, feats]
+    row, col, data = csr_entries(acts)
     src = chunk.sources
-    start = src.unit[sub.row]
+    start = src.unit[row]
     width = np.ones(len(start), np.int64) if span is None else \
-        np.asarray(span)[src.token_id[sub.row]].astype(np.int64)
+        np.asarray(span)[src.token_id[row]].astype(np.int64)
     ok = (start >= 0) & (width > 0)
-    return sub.col[ok], start[ok], width[ok], sub.data[ok], src.record[sub.row][ok]
+    return col[ok], start[ok], width[ok], data[ok], src.record[row][ok]
+
+
+def csr_entries(m) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(row, column, value) of a CSR matrix's stored entries, in its order (what `tocoo` gives,
+    without scipy's checks, which cost more than this on a chunk)."""
+    row = np.repeat(np.arange(m.shape[0]), np.diff(m.indptr))
+    return row, m.indices, m.data
 
 
 def _expand(f, s, w, v):
@@ -192,14 +202,18 @@ class BedGraphWriter:
         values = np.asarray(values, dtype=np.float64).ravel()
         if not len(values):
             return
-        firsts = np.r_[0, np.flatnonzero(values[1:] != values[:-1]) + 1]
-        starts, ends = start + firsts, np.r_[start + firsts[1:], start + len(values)]
-        vals = values[firsts]
+        firsts = np.flatnonzero(values[1:] != values[:-1]) + 1
+        starts = np.empty(len(firsts) + 1, np.int64)
+        starts[0], starts[1:] = start, start + firsts
+        ends = np.empty_like(starts)
+        ends[:-1], ends[-1] = starts[1:], start + len(values)
+        vals = values[starts - start]
         run = self._run
         if run and run[0] == chrom and run[2] == start and run[3] == vals[0]:
             starts[0] = run[1]  # the previous block's last run goes on
         elif run and run[0] == chrom:  # it ends here: written with this block's lines
-            starts, ends, vals = np.r_[run[1], starts], np.r_[run[2], ends], np.r_[run[3], vals]
+            starts, ends = np.insert(starts, 0, run[1]), np.insert(ends, 0, run[2])
+            vals = np.insert(vals, 0, run[3])
         elif run:
             self._end_run()
         self._run = (chrom, int(starts[-1]), int(ends[-1]), float(vals[-1]))
