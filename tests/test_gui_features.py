@@ -191,3 +191,33 @@ def test_table_selection_follows_its_row_through_sort_and_filter(qtbot):
     assert model.frame_row(view.currentIndex().row()) == 4
     model.set_filter("e")
     assert model.rowCount() == 1 and view.currentIndex().row() == 0
+
+
+def test_without_a_table_the_panel_says_how_to_get_one(qtbot, demo):
+    bare = FeaturesPanel(Session())
+    qtbot.addWidget(bare)
+    bare.show()
+    assert bare.empty.isVisible() and "biollm features --write-h5ad" in bare.empty.text()
+    s = Session()
+    s.open_workspace(demo)
+    s.cells.set_data(read_cells(demo / "cells.h5ad"), demo / "cells.h5ad")
+    p = FeaturesPanel(s, lambda: None)
+    qtbot.addWidget(p)
+    p.show()
+    # each choice is named beside it
+    from PySide6.QtWidgets import QLabel
+
+    names = {label.buddy(): label.text().replace("&", "") for label in p.findChildren(QLabel)
+             if label.buddy() is not None}
+    assert names == {p.dictionary: "Dictionary", p.source: "Activations"}
+    # a dictionary with no analysis yet: the empty state names it and the button that makes one
+    tc = str((demo / "dictionaries/transcoders/layers.0.mlp.in").resolve())
+    i = p.dictionary.findData(tc)
+    assert i >= 0
+    p.dictionary.setCurrentIndex(i)
+    p.dictionary.activated.emit(i)
+    assert p.results is None and p.empty.isVisible() and not p.table.isVisible()
+    assert "layers.0.mlp.in" in p.empty.text() and "Analyse" in p.empty.text()
+    # a workspace change (an analysis recorded when a job ends) keeps the dictionary chosen
+    s.record("analyses", demo / "analysis" / "elsewhere")
+    assert p.dictionary.currentData() == tc

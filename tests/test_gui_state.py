@@ -83,6 +83,30 @@ def test_results_on_the_bundled_demo_go_to_the_user_cache_not_into_the_package(t
     assert analysis_folder(tmp_path, shipped).parent == tmp_path / "analysis"
 
 
+def test_a_stale_shipped_analysis_is_recomputed_into_the_user_cache_not_over_the_package():
+    import dataclasses
+
+    from biollm_engine.provenance import features_key
+    from workbench.state.features import (FeatureResults, analysis_folder, cached,
+                                          features_config, load_or_none, write_folder)
+    from workbench.state.workspace import BUNDLED
+
+    ws = open_workspace(BUNDLED)
+    sae = next(d for d in ws.dictionaries if d.endswith("layers.2") and "sae" in d)
+    shipped = analysis_folder(BUNDLED, sae)
+    assert shipped.is_relative_to(BUNDLED) and (shipped / "table.parquet").is_file()
+    out = write_folder(BUNDLED, sae)
+    assert not out.is_relative_to(BUNDLED) and out.is_relative_to(os.environ["XDG_CACHE_HOME"])
+    # other options than the shipped analysis': it is stale for them, so a new one is written
+    # where write_folder says and found there by the next look-up
+    cfg = dataclasses.replace(features_config(BUNDLED, ws.model, ws.data[0], sae, "bulk_labels"),
+                              top_n=7)
+    assert load_or_none(shipped, cfg) is None and cached(BUNDLED, sae, cfg) is None
+    FeatureResults.load(shipped).save(out, features_key(cfg))
+    found = cached(BUNDLED, sae, cfg)
+    assert found is not None and found.num_features == FeatureResults.load(shipped).num_features
+
+
 def test_a_cached_analysis_is_shown_only_for_the_inputs_it_was_computed_from(tmp_path):
     import shutil
 

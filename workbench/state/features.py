@@ -181,13 +181,38 @@ class FeatureResults:
 def analysis_folder(workspace_folder: str | Path, dictionary: str | Path) -> Path:
     """A dictionary's cached analysis: in the workspace, unless the workspace is read-only (the
     bundled demo) and did not ship one, then in the user's cache."""
-    from .workspace import is_read_only, scratch_folder
+    from .workspace import is_read_only
 
-    name = "_".join(Path(dictionary).parts[-2:]).replace(" ", "_")
-    folder = Path(workspace_folder) / ANALYSIS_DIR / name
+    folder = Path(workspace_folder) / ANALYSIS_DIR / _analysis_name(dictionary)
     if folder.exists() or not is_read_only(workspace_folder):
         return folder
-    return scratch_folder(workspace_folder) / ANALYSIS_DIR / name
+    return write_folder(workspace_folder, dictionary)
+
+
+def write_folder(workspace_folder: str | Path, dictionary: str | Path) -> Path:
+    """Where a new analysis of a dictionary is written: the workspace, or the user's cache when
+    the workspace is read-only, even where it shipped a (now stale) one: never into the
+    installed package."""
+    from .workspace import is_read_only, scratch_folder
+
+    name = _analysis_name(dictionary)
+    if is_read_only(workspace_folder):
+        return scratch_folder(workspace_folder) / ANALYSIS_DIR / name
+    return Path(workspace_folder) / ANALYSIS_DIR / name
+
+
+def _analysis_name(dictionary: str | Path) -> str:
+    return "_".join(Path(dictionary).parts[-2:]).replace(" ", "_")
+
+
+def cached(workspace_folder: str | Path, dictionary: str | Path, cfg) -> FeatureResults | None:
+    """The analysis of `cfg` where it was shipped or, after that went stale, recomputed."""
+    for folder in dict.fromkeys((analysis_folder(workspace_folder, dictionary),
+                                 write_folder(workspace_folder, dictionary))):
+        results = load_or_none(folder, cfg)
+        if results is not None:
+            return results
+    return None
 
 
 def features_config(workspace_folder: str | Path, model: str, data: str, dictionary: str,

@@ -28,6 +28,9 @@ from .table import FrameModel
 
 log = logging.getLogger("workbench")
 ACTIVATION_UNIT = "max activation over the cell's tokens"
+NO_ACTIVATIONS = ("No feature activations in this data set yet. Open an .h5ad written back by "
+                  "<code>biollm features --write-h5ad</code> (obsm X_&lt;dictionary&gt;), or "
+                  "choose a matrix above.")
 
 
 class FeaturesPanel(QWidget):
@@ -57,9 +60,7 @@ class FeaturesPanel(QWidget):
         self.table.setSelectionBehavior(QTableView.SelectionBehavior.SelectRows)
         self.table.setSelectionMode(QTableView.SelectionMode.SingleSelection)
         self.table.verticalHeader().hide()
-        self.empty = QLabel("No feature activations in this data set yet. Open an .h5ad written "
-                            "back by <code>biollm features --write-h5ad</code> (obsm "
-                            "X_&lt;dictionary&gt;), or choose a matrix above.")
+        self.empty = QLabel(NO_ACTIVATIONS)
         self.empty.setWordWrap(True)
         save = QToolButton(text="Export", toolTip="Export the table (CSV, TSV, Parquet)")
         icon_later(save, "fa5s.file-export")
@@ -73,10 +74,15 @@ class FeaturesPanel(QWidget):
             "cached in the workspace folder)"))
         self.analyse_button.clicked.connect(self.analyse)
         row = QHBoxLayout()
-        row.addWidget(self.dictionary, 1)
-        row.addWidget(self.analyse_button)
         top = QHBoxLayout()
-        top.addWidget(self.source, 1)
+        for layout, text, combo in ((row, "&Dictionary", self.dictionary),
+                                    (top, "A&ctivations", self.source)):
+            label = QLabel(text)
+            label.setBuddy(combo)  # alt + the underlined letter chooses
+            label.setMinimumWidth(label.fontMetrics().horizontalAdvance("Activations") + 4)
+            layout.addWidget(label)
+            layout.addWidget(combo, 1)
+        row.addWidget(self.analyse_button)
         top.addWidget(save)
         top.addWidget(copy)
         lay = QVBoxLayout(self)
@@ -100,6 +106,7 @@ class FeaturesPanel(QWidget):
 
         self.filter.textChanged.connect(self.model.set_filter)
         self.source.textActivated.connect(self.show_matrix)
+        self.dictionary.activated.connect(self._dictionary_chosen)
         self.table.selectionModel().currentRowChanged.connect(self._row_chosen)
         self.cells.loaded.connect(self._on_loaded)
         self.cells.current_changed.connect(self._colour_sentence)
@@ -109,13 +116,16 @@ class FeaturesPanel(QWidget):
     # -- the engine's analysis ------------------------------------------------------------------
     def _on_workspace(self) -> None:
         ws = self.session.workspace
+        chosen = self.dictionary.currentData()
         self.dictionary.blockSignals(True)
         self.dictionary.clear()
         for d in ws.dictionaries:
             self.dictionary.addItem(Path(d).name if Path(d).name != d else d, d)
         cached = [i for i, d in enumerate(ws.dictionaries) if ws.folder is not None
                   and (feat.analysis_folder(ws.folder, d) / "table.parquet").exists()]
-        if cached:
+        if chosen in ws.dictionaries:  # a workspace change (an analysis recorded) keeps it
+            self.dictionary.setCurrentIndex(ws.dictionaries.index(chosen))
+        elif cached:
             self.dictionary.setCurrentIndex(cached[0])
         self.dictionary.blockSignals(False)
 
@@ -126,7 +136,8 @@ class FeaturesPanel(QWidget):
     def load_cached(self) -> bool:
         """Show the cached analysis of the chosen dictionary; returns whether there was one."""
         folder, cfg = self.analysis_folder(), self.default_config()
-        results = feat.load_or_none(folder, cfg) if folder is not None and cfg else None
+        results = (feat.cached(self.session.workspace.folder, cfg.dict, cfg)
+                   if folder is not None and cfg else None)
         if results is not None and results.cell_max.shape[0] == self.cells.n_cells:
             self.show_results(results, folder.name)
             return True
@@ -151,7 +162,7 @@ class FeaturesPanel(QWidget):
             log.warning("analyse: open a workspace with a model, a dictionary and cells first")
             return None
         ws = self.session.workspace
-        folder = feat.analysis_folder(ws.folder, cfg.dict)
+        folder = feat.write_folder(ws.folder, cfg.dict)
         cfg = dataclasses.replace(cfg, out=str(folder.parent / f"{folder.name}.features.parquet"))
         self.session.record("dictionaries", cfg.dict)
         self.choose_dictionary(cfg.dict)
@@ -308,6 +319,7 @@ class FeaturesPanel(QWidget):
         self._on_selection()
         self.source.setCurrentText(key or "(none)")
         self.empty.setVisible(key is None)
+        self.empty.setText(self._empty_text())
         self.table.setVisible(key is not None)
         if key is None:
             self.model.set_frame(None)
@@ -323,6 +335,19 @@ class FeaturesPanel(QWidget):
         self.worker.returned.connect(lambda df, k=key: self._show(k, df))
         self.worker.errored.connect(lambda e: log.error("feature table of %s failed: %s", key, e))
         self.worker.start()
+
+    def _empty_text(self) -> str:
+        """What the panel says with no table: how to get one from here."""
+        if self.default_config() is None:
+            return NO_ACTIVATIONS
+        return (f"No analysis of the dictionary <b>{self.dictionary.currentText()}</b> on these "
+                "cells yet: press <b>Analyse</b> to run it (a job in the Jobs panel; the result "
+                "is cached in the workspace and shown at once next time).")
+
+    def _dictionary_chosen(self) -> None:
+        """Its cached analysis, else the empty state saying how to make one."""
+        if not self.load_cached():
+            self.show_matrix(None)
 
     def _on_selection(self) -> None:
         """Top features of the selected cells: what the selection has in common."""
