@@ -221,3 +221,19 @@ def test_without_a_table_the_panel_says_how_to_get_one(qtbot, demo):
     # a workspace change (an analysis recorded when a job ends) keeps the dictionary chosen
     s.record("analyses", demo / "analysis" / "elsewhere")
     assert p.dictionary.currentData() == tc
+
+
+def test_undefined_numbers_read_as_a_dash_and_headers_say_what_they_mean(qtbot):
+    from workbench.views.features import column_tip
+
+    df = pd.DataFrame({"feature": [0, 1], "frequency": [0.0, 0.25],
+                       "best_bulk_labels": ["", "CD19+ B"],
+                       "auroc_bulk_labels": [np.nan, 0.93], "label": ["", ""]})
+    model = FrameModel(df, header_tips=column_tip)
+    assert [model.data(model.index(r, 3)) for r in range(2)] == ["–", "0.93"]  # not "nan"
+    tips = [model.headerData(c, Qt.Orientation.Horizontal, Qt.ItemDataRole.ToolTipRole)
+            for c in range(len(df.columns))]
+    assert "fires" in tips[1] and "bulk_labels" in tips[2] and "AUROC" in tips[3]
+    assert all(tips)
+    model.sort(3)  # the dash is display only: sorting still reads the numbers
+    assert model.frame_row(0) == 1

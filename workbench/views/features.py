@@ -32,6 +32,37 @@ NO_ACTIVATIONS = ("No feature activations in this data set yet. Open an .h5ad wr
                   "<code>biollm features --write-h5ad</code> (obsm X_&lt;dictionary&gt;), or "
                   "choose a matrix above.")
 
+COLUMN_TIPS = {
+    "feature": "the feature's index in the dictionary",
+    "label": "your name for the feature (double-click to edit; saved in the workspace)",
+    "frequency": "share of the cells' tokens on which the feature fires (activation > 0)",
+    "mean": "mean activation over all tokens",
+    "mean_firing": "mean activation over the tokens on which it fires",
+    "max": "largest activation on any token",
+    "top_genes": "genes with the highest mean activation per token of the gene",
+    "top_gene": "the gene with the highest mean activation per token of the gene",
+    "top_context": "its strongest token among its neighbours, [marked]",
+    "promoted": "logit lens: tokens the decoder direction raises most",
+    "suppressed": "logit lens: tokens the decoder direction lowers most",
+    "promoted_gene": "logit lens: the gene it raises most",
+    "promoted_cell_type": "logit lens: the cell type it raises most",
+}
+GROUP_TIPS = {
+    "best_": "the {} category with the highest AUROC (blank where the feature never fires)",
+    "auroc_": "AUROC (one category against the rest) of the cells' max activation for the best "
+              "{} category; – where the feature never fires",
+    "specificity_": "share of the per-category means in the best {} category (1 = only that "
+                    "category)",
+}
+
+
+def column_tip(name: str) -> str:
+    """What a column of the feature table means: the header's tooltip."""
+    for prefix, tip in GROUP_TIPS.items():
+        if name.startswith(prefix):
+            return tip.format(name[len(prefix):])
+    return COLUMN_TIPS.get(name, "")
+
 
 class FeaturesPanel(QWidget):
     def __init__(self, session: Session, runner=None, parent=None):
@@ -53,7 +84,7 @@ class FeaturesPanel(QWidget):
         self.source = QComboBox()
         self.source.setToolTip("obsm matrix holding the feature activations (cells × features)")
         self.filter = QLineEdit(placeholderText="Filter (label, cell type, number)…")
-        self.model = FrameModel(editable=("label",))
+        self.model = FrameModel(editable=("label",), header_tips=column_tip)
         self.model.on_edit = self._label_edited
         self.table = QTableView(sortingEnabled=True)
         self.table.setModel(self.model)

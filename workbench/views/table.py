@@ -19,7 +19,9 @@ _RIGHT = int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
 
 
 def _text(v) -> str:
-    return f"{v:.4g}" if isinstance(v, (float, np.floating)) else str(v)
+    if isinstance(v, (float, np.floating)):
+        return "–" if np.isnan(v) else f"{v:.4g}"  # undefined (e.g. the AUROC of a dead feature)
+    return str(v)
 
 
 def stable_order(values: np.ndarray, descending: bool = False) -> np.ndarray:
@@ -32,9 +34,12 @@ def stable_order(values: np.ndarray, descending: bool = False) -> np.ndarray:
 
 
 class FrameModel(QAbstractTableModel):
-    def __init__(self, df: pd.DataFrame | None = None, editable: tuple[str, ...] = ()):
+    def __init__(self, df: pd.DataFrame | None = None, editable: tuple[str, ...] = (),
+                 header_tips=None):
+        """`header_tips`: callable(column name) -> what the column means (a header's tooltip)."""
         super().__init__()
         self.editable = editable
+        self.header_tips = header_tips
         self.on_edit = None  # callable(frame_row, column_name, value)
         self.df = None  # the whole table in its own order (what exports write)
         self.rows = np.empty(0, dtype=np.int64)  # frame rows in the order shown
@@ -131,8 +136,12 @@ class FrameModel(QAbstractTableModel):
         return None
 
     def headerData(self, section, orientation, role=Qt.ItemDataRole.DisplayRole):
-        if role == Qt.ItemDataRole.DisplayRole and orientation == Qt.Orientation.Horizontal:
+        if orientation != Qt.Orientation.Horizontal or self.df is None:
+            return None
+        if role == Qt.ItemDataRole.DisplayRole:
             return str(self.df.columns[section])
+        if role == Qt.ItemDataRole.ToolTipRole and self.header_tips is not None:
+            return self.header_tips(str(self.df.columns[section])) or None
         return None
 
     def flags(self, index):
