@@ -83,6 +83,13 @@ def test_progress_arrives_and_job_finishes(qtbot, runner_and_panel):
     xs, ys = panel.curves["fvu"].getData()
     assert len(xs) == len(steps) and ys[-1] == pytest.approx(0.5 / 60)
     lat.check()
+    # each plot says what it shows (spelled out, its last value) and what its x axis counts
+    titles = {n: c.getViewBox().parentItem().titleLabel.text for n, c in panel.curves.items()}
+    assert titles == {"loss": f"loss: {1 / 60:.3g}", "fvu": f"FVU: {0.5 / 60:.3g}",
+                      "l0": "L0 (latents per token): 8", "dead_frac": "dead latents: 0.0%"}
+    assert all(c.getViewBox().parentItem().getAxis("bottom").labelText == "step"
+               for c in panel.curves.values())
+    assert "fraction of the activations' variance" in panel.plots.toolTip()
 
 
 def test_cancel_button_stops_the_job(qtbot, runner_and_panel):

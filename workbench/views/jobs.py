@@ -10,6 +10,12 @@ from ..state.jobs import DONE, Job, JobList
 from .icons import icon
 
 METRICS = ("loss", "fvu", "l0", "dead_frac")
+TITLES = {"loss": "loss", "fvu": "FVU", "l0": "L0 (latents per token)",
+          "dead_frac": "dead latents"}
+METRICS_TIP = ("Training metrics, step by step. loss: what the optimiser minimises; FVU: "
+               "fraction of the activations' variance the dictionary does not explain (0 = "
+               "perfect); L0: latents active per token (k for TopK); dead latents: share of "
+               "latents that have not fired for the dead-feature threshold of tokens.")
 COLUMNS = ("Job", "Progress", "ETA", "Status", "")
 
 
@@ -69,12 +75,14 @@ class JobsPanel(QWidget):
         self.plots = pg.GraphicsLayoutWidget()
         self.plots.setBackground("w")
         self.plots.setMinimumHeight(120)
+        self.plots.setToolTip(METRICS_TIP)
         self.splitter.addWidget(self.plots)
         self.splitter.setStretchFactor(0, 1)
         self.splitter.setStretchFactor(2, 3)  # the plots get most of the room once a job runs
         for i, name in enumerate(METRICS):
-            p = self.plots.addPlot(row=0, col=i, title=name)
-            p.titleLabel.setText(name, color="#333", size="9pt")
+            p = self.plots.addPlot(row=0, col=i, title=TITLES[name])
+            p.titleLabel.setText(TITLES[name], color="#333", size="9pt")
+            p.setLabel("bottom", "step", color="#333")
             p.getAxis("left").setPen("#333")
             p.getAxis("left").setTextPen("#333")
             p.getAxis("left").setWidth(42)
@@ -154,6 +162,7 @@ class JobsPanel(QWidget):
         for name, curve in self.curves.items():
             steps, values = job.history.get(name, ([], [])) if job else ([], [])
             curve.setData(steps, values)
-            last = f" {values[-1]:.3g}" if values else ""
-            curve.getViewBox().parentItem().titleLabel.setText(f"{name}{last}", color="#333",
-                                                               size="9pt")
+            last = "" if not values else (f": {values[-1]:.1%}" if name == "dead_frac" else
+                                          f": {values[-1]:.3g}")
+            curve.getViewBox().parentItem().titleLabel.setText(f"{TITLES[name]}{last}",
+                                                               color="#333", size="9pt")
