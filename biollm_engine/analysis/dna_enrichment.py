@@ -6,6 +6,7 @@ zeros are counted, only nonzero bases are kept (with their annotation bits) for 
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -136,30 +137,33 @@ def frequency_matrix(contexts: list[str]) -> np.ndarray:
 
 
 def _letter_paths() -> dict[str, object]:
-    """Each base's glyph outline, scaled to a unit box at the origin (made once per process)."""
+    """Each base's glyph outline, scaled to a unit box at the origin (made once per process;
+    a caller arriving while `prepare_logos`' thread makes them waits for all four)."""
     global _LETTERS
-    if _LETTERS is None:
-        from matplotlib.font_manager import FontProperties
-        from matplotlib.textpath import TextPath
-        from matplotlib.transforms import Affine2D
+    with _LETTERS_LOCK:
+        if _LETTERS is None:
+            from matplotlib.font_manager import FontProperties
+            from matplotlib.textpath import TextPath
+            from matplotlib.transforms import Affine2D
 
-        font = FontProperties(family="DejaVu Sans", weight="bold")
-        _LETTERS = {}
-        for b in BASES:
-            letter = TextPath((0, 0), b, size=1, prop=font)
-            box = letter.get_extents()
-            _LETTERS[b] = Affine2D().translate(-box.x0, -box.y0) \
-                .scale(1 / box.width, 1 / box.height).transform_path(letter)
+            font = FontProperties(family="DejaVu Sans", weight="bold")
+            letters = {}
+            for b in BASES:
+                letter = TextPath((0, 0), b, size=1, prop=font)
+                box = letter.get_extents()
+                letters[b] = Affine2D().translate(-box.x0, -box.y0) \
+                    .scale(1 / box.width, 1 / box.height).transform_path(letter)
+            _LETTERS = letters
     return _LETTERS
 
 
 _LETTERS = None
+_LETTERS_LOCK = threading.Lock()
 
 
 def prepare_logos() -> None:
     """Import matplotlib and make the glyphs on a background thread (about a second the first
     time), so that it overlaps the forward passes instead of following them."""
-    import threading
 
     def prepare():
         import matplotlib.backends.backend_agg  # noqa: F401
