@@ -62,6 +62,25 @@ def test_zoom_to_bases_shows_letters(panel):
     assert (lo, hi) == pytest.approx((100, 140), abs=0.5)  # tracks follow the ruler
 
 
+def test_lanes_are_named_and_the_bases_lane_says_when_to_zoom(panel):
+    ws = panel.session.workspace
+    box = panel.dictionary_box
+    # the dictionary as the Features panel names it; the path behind it is what is computed
+    assert [box.itemText(i) for i in range(box.count())] == [Path(d).name
+                                                             for d in ws.dictionaries]
+    assert box.currentData() == ws.dictionaries[0] and "/" not in box.currentText()
+    assert [p.getAxis("left").labelText for p in panel.feature_plots] == [
+        f"feature {f}" for f in panel.tracks.features]
+    assert "activation" in panel.status.text()
+    assert panel.ann_plot.getAxis("left").labelText == "strand"
+    panel.zoom_all()
+    QCoreApplication.processEvents()
+    assert panel.zoom_hint.isVisible() and "zoom in" in panel.zoom_hint.textItem.toPlainText()
+    panel.zoom_to(100, 140)
+    QCoreApplication.processEvents()
+    assert not panel.zoom_hint.isVisible()
+
+
 def test_click_on_peak_emits_feature(panel, qtbot):
     row = 1
     f, v = panel.tracks.features[row], panel.tracks.values[row]

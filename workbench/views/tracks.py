@@ -69,10 +69,13 @@ class TracksPanel(FileDrops, QWidget):
         self.seq_plot.hideAxis("bottom")
         self.ann_plot = self._plot(1, height=44)
         self.ann_plot.hideAxis("bottom")
+        self.ann_plot.getAxis("left").setLabel("strand")
         self.ann_plot.setYRange(-1, 1, padding=0.05)
         self.view = self.seq_plot.getViewBox()
         self.feature_plots: list[pg.PlotItem] = []
         self._letters: list[pg.TextItem] = []
+        self.zoom_hint = pg.TextItem(f"zoom in to {LETTERS_MAX} bp or less to read the bases",
+                                     color="#888888", anchor=(0.5, 0.5))
 
         top = QGridLayout()
         top.addWidget(QLabel("Record"), 0, 0)
@@ -129,8 +132,11 @@ class TracksPanel(FileDrops, QWidget):
         return p
 
     def _fill_dictionaries(self) -> None:
+        """Named as in the Features panel (the folder's name); the whole path as a tooltip."""
         self.dictionary_box.clear()
-        self.dictionary_box.addItems(self.session.workspace.dictionaries)
+        for i, d in enumerate(self.session.workspace.dictionaries):
+            self.dictionary_box.addItem(Path(d).name or d, d)
+            self.dictionary_box.setItemData(i, d, Qt.ItemDataRole.ToolTipRole)
 
     def open_sequence(self, path: str | Path, record: int = 0):
         """Show a FASTA / FASTA.gz / GenBank file's record; compute its tracks when the workspace
@@ -202,6 +208,7 @@ class TracksPanel(FileDrops, QWidget):
         for p in (self.seq_plot, self.ann_plot):
             p.getViewBox().setLimits(xMin=0, xMax=max(n, 1), minXRange=min(10, max(n, 1)))
         self.seq_plot.clear()
+        self.seq_plot.addItem(self.zoom_hint)
         self.seq_plot.setYRange(0, 1, padding=0)
         self.seq_plot.getAxis("left").setLabel("bases")
         self.seq_plot.getAxis("left").setTicks([[]])
@@ -244,7 +251,7 @@ class TracksPanel(FileDrops, QWidget):
             if not ws.model or not ws.dictionaries:
                 raise BioLLMError("the workspace needs a model and a dictionary for tracks.")
             kwargs = dict(model=ws.model, data=str(self.path),
-                          dictionary=self.dictionary_box.currentText() or ws.dictionaries[0],
+                          dictionary=self.dictionary_box.currentData() or ws.dictionaries[0],
                           record=self.record, features=self.chosen_features(),
                           top=self.top.value(), window=self.window.value(),
                           stride=max(1, self.window.value() // 2), device="cpu")
@@ -279,8 +286,9 @@ class TracksPanel(FileDrops, QWidget):
         for p, f, v in zip(self.feature_plots, tracks.features, tracks.values):
             p.plot(x, v, pen=pg.mkPen(TRACK_PEN, width=1), fillLevel=0, brush="#9aa4b1")
             p.setYRange(0, max(float(v.max()), 1e-6), padding=0.05)
-        self.status.setText(f"{tracks.name}: {len(tracks.features)} feature tracks, one value "
-                            f"per base; click a peak to open its feature.")
+        self.status.setText(f"{tracks.name}: {len(tracks.features)} feature tracks, each the "
+                            f"feature's activation at every base; click a peak to open its "
+                            f"feature.")
 
     def _set_feature_plots(self, features: list[int]) -> None:
         for p in self.feature_plots:
@@ -289,7 +297,7 @@ class TracksPanel(FileDrops, QWidget):
         for i, f in enumerate(features):
             p = self._plot(2 + i, height=None)
             p.setMinimumHeight(50)
-            p.getAxis("left").setLabel(f"f{f}")
+            p.getAxis("left").setLabel(f"feature {f}")  # as the detail beside names it
             p.setClipToView(True)
             p.setDownsampling(auto=True, mode="peak")
             p.hideAxis("bottom")
@@ -312,6 +320,8 @@ class TracksPanel(FileDrops, QWidget):
         lo, hi = self.view.viewRange()[0]
         a, b = max(0, int(np.ceil(lo - 0.5))), min(len(self.seq), int(np.floor(hi - 0.5)) + 1)
         show = b - a <= LETTERS_MAX
+        self.zoom_hint.setVisible(bool(self.seq) and not show)
+        self.zoom_hint.setPos((lo + hi) / 2, 0.5)
         while show and len(self._letters) < b - a:
             t = pg.TextItem(anchor=(0.5, 0.5))
             self.seq_plot.addItem(t)
