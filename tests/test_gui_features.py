@@ -237,3 +237,21 @@ def test_undefined_numbers_read_as_a_dash_and_headers_say_what_they_mean(qtbot):
     assert all(tips)
     model.sort(3)  # the dash is display only: sorting still reads the numbers
     assert model.frame_row(0) == 1
+
+
+def test_the_workspaces_own_analysis_is_chosen_before_one_in_the_user_cache(qtbot):
+    from workbench.state.features import write_folder
+    from workbench.state.workspace import BUNDLED
+
+    s = Session()
+    s.open_workspace(BUNDLED)
+    tc = next(d for d in s.workspace.dictionaries if d.endswith("layers.0.mlp.in"))
+    scratch = write_folder(BUNDLED, tc)  # under the tests' own XDG_CACHE_HOME
+    scratch.mkdir(parents=True, exist_ok=True)
+    (scratch / "table.parquet").write_bytes(b"an earlier session's analysis")
+    try:
+        p = FeaturesPanel(s)
+        qtbot.addWidget(p)
+        assert Path(p.dictionary.currentData()).parts[-2:] == ("sae", "layers.2")
+    finally:
+        shutil.rmtree(scratch)

@@ -152,8 +152,11 @@ class FeaturesPanel(QWidget):
         self.dictionary.clear()
         for d in ws.dictionaries:
             self.dictionary.addItem(Path(d).name if Path(d).name != d else d, d)
-        cached = [i for i, d in enumerate(ws.dictionaries) if ws.folder is not None
-                  and (feat.analysis_folder(ws.folder, d) / "table.parquet").exists()]
+        folders = {i: feat.analysis_folder(ws.folder, d) for i, d in enumerate(ws.dictionaries)
+                   if ws.folder is not None}
+        # the workspace's own analyses first: the user's cache may hold another, older one
+        cached = sorted((i for i, f in folders.items() if (f / "table.parquet").exists()),
+                        key=lambda i: not folders[i].is_relative_to(ws.folder))
         if chosen in ws.dictionaries:  # a workspace change (an analysis recorded) keeps it
             self.dictionary.setCurrentIndex(ws.dictionaries.index(chosen))
         elif cached:
