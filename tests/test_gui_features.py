@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from PySide6.QtCore import Qt
+from PySide6.QtWidgets import QLabel
 
 from workbench.state.expression import read_cells
 from workbench.state.features import FeatureResults, analysis_folder
@@ -205,8 +206,6 @@ def test_without_a_table_the_panel_says_how_to_get_one(qtbot, demo):
     qtbot.addWidget(p)
     p.show()
     # each choice is named beside it
-    from PySide6.QtWidgets import QLabel
-
     names = {label.buddy(): label.text().replace("&", "") for label in p.findChildren(QLabel)
              if label.buddy() is not None}
     assert names == {p.dictionary: "Dictionary", p.source: "Activations"}
@@ -255,3 +254,34 @@ def test_the_workspaces_own_analysis_is_chosen_before_one_in_the_user_cache(qtbo
         assert Path(p.dictionary.currentData()).parts[-2:] == ("sae", "layers.2")
     finally:
         shutil.rmtree(scratch)
+
+
+def test_detail_fits_a_narrow_dock_and_says_what_each_plot_counts(qtbot):
+    from PySide6.QtWidgets import QScrollArea
+
+    from workbench.state.cells import CellsState
+    from workbench.views.feature_detail import FeatureDetail
+
+    results = FeatureResults.load(analysis_folder(DEMO, DEMO / SAE))  # read only, key unchecked
+    d = FeatureDetail(CellsState())
+    scroll = QScrollArea(widgetResizable=True)
+    scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+    scroll.setWidget(d)  # as the Features panel holds it
+    qtbot.addWidget(scroll)
+    scroll.resize(260, 700)  # beside a circuit
+    scroll.show()
+    d.set_results(results)
+    j = int(np.argmax(results.table["frequency"].to_numpy()))
+    d.show_feature(j)
+    qtbot.wait(50)
+    assert d.columns == 1
+    assert d.width() <= scroll.viewport().width()  # nothing cut off at the right edge
+    for plot in (d.hist, d.genes, d.types):
+        item = plot.getPlotItem()
+        # nothing inside is wider than the plot: a long title would be cut off
+        assert item.titleLabel.item.boundingRect().width() <= plot.width()
+        assert item.getAxis("bottom").labelText
+    assert d.hist.getPlotItem().getAxis("left").labelText == "tokens"
+    assert "all genes" in d.genes.getPlotItem().getAxis("bottom").labelText
+    assert d.top_cells.parentWidget() is d.cells_box
+    assert "Top cells" in d.cells_box.findChild(QLabel).text()

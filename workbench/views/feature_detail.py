@@ -10,7 +10,8 @@ import html
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtWidgets import QGridLayout, QLabel, QListWidget, QListWidgetItem, QWidget
+from PySide6.QtWidgets import (QGridLayout, QLabel, QListWidget, QListWidgetItem, QVBoxLayout,
+                               QWidget)
 
 from ..state.cells import CellsState
 from ..state.features import FeatureResults
@@ -47,13 +48,25 @@ class FeatureDetail(QWidget):
         self.feature: int | None = None
         self.title = QLabel("Choose a feature in the table.")
         self.title.setWordWrap(True)
-        self.hist = _plot("Activation histogram (tokens that fire)")
-        self.hist.setLabel("bottom", "activation (log₂ bin)")
-        self.genes = _plot("Top genes: firing rate (red: all genes)")
+        # short titles: a plot narrower than its title (the detail beside a circuit) clips it;
+        # what the numbers are goes on the axes
+        self.hist = _plot("Activations when firing")
+        self.hist.setLabel("bottom", "activation (log₂ bins)")
+        self.hist.setLabel("left", "tokens")
+        self.genes = _plot("Top genes")
+        self.genes.setLabel("bottom", "firing rate (red: on all genes)")
         self.types = _plot("Mean per cell type")
+        self.types.setLabel("bottom", "mean of the cells' max activation")
         self.top_cells = QListWidget()
         self.top_cells.setToolTip("Click a cell to select it on the embedding")
         self.top_cells.itemClicked.connect(self._cell_clicked)
+        self.cells_box = QWidget()  # the list under its title, as the plots beside it
+        box = QVBoxLayout(self.cells_box)
+        box.setContentsMargins(0, 0, 0, 0)
+        heading = QLabel("<b>Top cells</b> (max activation; click to select)")
+        heading.setWordWrap(True)
+        box.addWidget(heading)
+        box.addWidget(self.top_cells, 1)
         self.lens = QLabel("")
         self.lens.setWordWrap(True)
         self.grid = QGridLayout(self)
@@ -64,10 +77,10 @@ class FeatureDetail(QWidget):
         """Two columns of plots when there is room, one (scrolled by the panel) when narrow,
         e.g. beside a circuit."""
         grid, self.columns = self.grid, columns
-        for w in (self.title, self.hist, self.genes, self.types, self.top_cells, self.lens):
+        for w in (self.title, self.hist, self.genes, self.types, self.cells_box, self.lens):
             grid.removeWidget(w)
         grid.addWidget(self.title, 0, 0, 1, columns)
-        for k, w in enumerate((self.hist, self.genes, self.types, self.top_cells)):
+        for k, w in enumerate((self.hist, self.genes, self.types, self.cells_box)):
             grid.addWidget(w, 1 + k // columns, k % columns)
             w.setMaximumHeight(260 if columns == 1 else 16777215)  # stacked: scroll, not stretch
         grid.addWidget(self.lens, 1 + 4 // columns, 0, 1, columns)
