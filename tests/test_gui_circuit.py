@@ -159,6 +159,14 @@ def test_ablation_changes_the_logit_as_the_engine_computes(built):
         -float(g.adjacency[g.logit_start, top]), abs=1e-4)
     assert len(r.labels) == 10 and "target logit" in panel.result.text()
     assert len(panel.bars.listDataItems()) + len(panel.bars.getPlotItem().items) > 0
+    # every cell type named in full beside its bar
+    assert [t for _, t in panel.bars.getAxis("left")._tickLevels[0]] == list(r.labels)
+    # attribution vs ablation: a legend says which marker is which model
+    job = panel.run_ablation_check(top=2)
+    wait_for(job)
+    legend = panel.scatter.getPlotItem().legend
+    assert [label.text for _, label in legend.items] == ["live model", "frozen model"]
+    assert "logit" in panel.scatter.getAxis("left").labelText
 
 
 def test_edit_selected_cells_counts_changed_predictions(built):

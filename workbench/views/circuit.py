@@ -90,8 +90,11 @@ class CircuitPanel(QWidget):
         self.bars.setMaximumHeight(230)
         self.scatter = pg.PlotWidget(background="w")
         self.scatter.setLabel("bottom", "attribution")
-        self.scatter.setLabel("left", "ablation effect")
+        self.scatter.setLabel("left", "target logit drop when ablated")
         self.scatter.setMaximumHeight(230)
+        # which marker is which model: the frozen one (attention and norms fixed) is what
+        # attribution linearises, so its crosses sit on the diagonal
+        self.scatter.addLegend(offset=(-5, 5), labelTextColor="#333333", labelTextSize="8pt")
 
         buttons = QHBoxLayout()
         for text, tip, slot in (("Figure…", "PNG, SVG or PDF", self.ask_export_figure),
@@ -284,8 +287,7 @@ class CircuitPanel(QWidget):
             brushes = [pg.mkBrush(POSITIVE if v > 0 else NEGATIVE) for v in change]
             self.bars.addItem(pg.BarGraphItem(x0=0, y=y, width=change, height=0.7,
                                               brushes=brushes))
-            self.bars.getAxis("left").setTicks([[(i, lab[:22]) for i, lab in
-                                                 enumerate(r.labels)]])
+            self.bars.getAxis("left").setTicks([[(i, lab) for i, lab in enumerate(r.labels)]])
 
     def edit_selected_cells(self):
         st, c = self.state, self.cells
@@ -341,9 +343,9 @@ class CircuitPanel(QWidget):
             self.ablation = df
             self.scatter.clear()
             self.scatter.plot(df["attribution"], df["live_effect"], pen=None, symbol="o",
-                              symbolBrush=POSITIVE, name="live")
+                              symbolBrush=POSITIVE, name="live model")
             self.scatter.plot(df["attribution"], df["frozen_effect"], pen=None, symbol="x",
-                              symbolPen="#333333", name="frozen")
+                              symbolPen="#333333", name="frozen model")
             lo = float(min(df["attribution"].min(), 0))
             hi = float(max(df["attribution"].max(), 0))
             self.scatter.plot([lo, hi], [lo, hi],
