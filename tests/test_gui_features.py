@@ -199,12 +199,15 @@ def test_without_a_table_the_panel_says_how_to_get_one(qtbot, demo):
     qtbot.addWidget(bare)
     bare.show()
     assert bare.empty.isVisible() and "biollm features --write-h5ad" in bare.empty.text()
+    assert not bare.analyse_button.isEnabled()  # no dictionary to analyse
+    assert bare.analyse() is None and "File › Open workspace" in bare.empty.text()
     s = Session()
     s.open_workspace(demo)
     s.cells.set_data(read_cells(demo / "cells.h5ad"), demo / "cells.h5ad")
     p = FeaturesPanel(s, lambda: None)
     qtbot.addWidget(p)
     p.show()
+    assert p.analyse_button.isEnabled()
     # each choice is named beside it
     names = {label.buddy(): label.text().replace("&", "") for label in p.findChildren(QLabel)
              if label.buddy() is not None}
@@ -285,3 +288,20 @@ def test_detail_fits_a_narrow_dock_and_says_what_each_plot_counts(qtbot):
     assert "all genes" in d.genes.getPlotItem().getAxis("bottom").labelText
     assert d.top_cells.parentWidget() is d.cells_box
     assert "Top cells" in d.cells_box.findChild(QLabel).text()
+
+
+def test_heatmap_has_a_colour_bar_saying_what_the_colours_are(qtbot):
+    import anndata as ad
+
+    from workbench.views.heatmap import HeatmapView
+
+    results = FeatureResults.load(analysis_folder(DEMO, DEMO / SAE))
+    types = ad.read_h5ad(DEMO / "cells.h5ad", backed="r").obs["bulk_labels"].values
+    view = HeatmapView()
+    qtbot.addWidget(view)
+    view.show()
+    view.show_results(results, types)
+    bar = view.colour_bar
+    assert bar.scene() is view.plot.scene() and bar.levels() == (0, 1)
+    assert bar.axis.labelText.startswith("mean activation in the type")
+    assert view.matrix.max() == pytest.approx(1.0)  # rows scaled to their max: the bar's top

@@ -162,6 +162,7 @@ class FeaturesPanel(QWidget):
         elif cached:
             self.dictionary.setCurrentIndex(cached[0])
         self.dictionary.blockSignals(False)
+        self.analyse_button.setEnabled(self.dictionary.count() > 0)
 
     def analysis_folder(self) -> Path | None:
         ws, d = self.session.workspace, self.dictionary.currentData()
@@ -193,7 +194,11 @@ class FeaturesPanel(QWidget):
                 return None
             cfg = self.default_config()
         if cfg is None or self.runner is None:
-            log.warning("analyse: open a workspace with a model, a dictionary and cells first")
+            text = ("Analyse needs a model, a dictionary and open cells: open a workspace "
+                    "(File › Open workspace…) or drop them on the window.")
+            log.warning(text)
+            if self.results is None:  # said where the user looks, not only in the Log
+                self.empty.setText(text)
             return None
         ws = self.session.workspace
         folder = feat.write_folder(ws.folder, cfg.dict)

@@ -56,6 +56,10 @@ class HeatmapView(QWidget):
         self.image.setColorMap(pg.colormap.get("viridis"))
         self.plot.addItem(self.image)
         self.plot.setLabel("bottom", "feature (clustered)")
+        self.colour_bar = pg.ColorBarItem(values=(0, 1), colorMap="viridis", interactive=False,
+                                          width=12)
+        self.colour_bar.axis.setLabel("mean activation in the type / its highest type mean")
+        self.colour_bar.setImageItem(self.image, insert_in=self.plot.getPlotItem())
         top = QHBoxLayout()
         top.addWidget(self.count)
         top.addStretch(1)
