@@ -165,3 +165,20 @@ def test_firing_counts_equal_the_counts_of_the_live_chunks(setup, activation):
     expected = sum(np.bincount(c.acts.indices, minlength=48) for c in chunks)
     assert counts.dtype == np.int64 and counts.any()
     np.testing.assert_array_equal(counts, expected)
+
+
+def test_dense_to_csr_is_scipys_csr_of_the_same_array():
+    import scipy.sparse as sp
+
+    from biollm_engine.analysis.encode import dense_to_csr
+
+    rng = np.random.default_rng(2)
+    a = rng.standard_normal((300, 7)).astype(np.float32)
+    a[rng.random(a.shape) < 0.7] = 0
+    a[3, 2], a[4, 0], a[5, 6], a[6] = -0.0, np.nan, np.inf, 0  # signed zero, NaN, an empty row
+    for m in (a, a[:0], np.zeros((4, 3), np.float32)):
+        mine, ref = dense_to_csr(m), sp.csr_matrix(m)
+        assert mine.shape == ref.shape and mine.dtype == np.float32
+        np.testing.assert_array_equal(mine.indptr, ref.indptr)
+        np.testing.assert_array_equal(mine.indices, ref.indices)
+        np.testing.assert_array_equal(mine.data, ref.data)  # NaN equals NaN here

@@ -41,6 +41,17 @@ def sparse_from_topk(values, indices, num_features: int) -> sp.csr_matrix:
     return m
 
 
+def dense_to_csr(a: np.ndarray) -> sp.csr_matrix:
+    """float32 [N, F] -> CSR of its nonzero entries (what `sp.csr_matrix(a)` gives, made
+    straight from the mask: scipy goes through COO and checks, slower than this on a chunk)."""
+    a = np.asarray(a, dtype=np.float32)
+    nonzero = a != 0
+    indptr = np.zeros(len(a) + 1, np.int64)
+    np.cumsum(nonzero.sum(axis=1), out=indptr[1:])
+    indices = np.nonzero(nonzero)[1].astype(np.int32)
+    return sp.csr_matrix((a[nonzero], indices, indptr), shape=a.shape)
+
+
 ENCODE_ROWS = 4096  # tokens encoded at once (BatchTopK before training picks over them)
 
 
@@ -170,7 +181,7 @@ def encode_live(lm, examples: Iterable, dictionary, hookpoint: str | None = None
         encoder = FeatureEncoder(dictionary, check_features(features, dictionary.num_latents))
 
         def encode(x):
-            return sp.csr_matrix(encoder(x).cpu().numpy())
+            return dense_to_csr(encoder(x).cpu().numpy())
     else:
         def encode(x):
             return encode_activations(dictionary, x)
