@@ -305,3 +305,5 @@ def test_heatmap_has_a_colour_bar_saying_what_the_colours_are(qtbot):
     assert bar.scene() is view.plot.scene() and bar.levels() == (0, 1)
     assert bar.axis.labelText.startswith("mean activation in the type")
     assert view.matrix.max() == pytest.approx(1.0)  # rows scaled to their max: the bar's top
+    ticks = view.plot.getAxis("bottom")._tickLevels[0]
+    assert 5 <= len(ticks) <= 11  # a few feature numbers, not one every 3 columns overlapping

@@ -86,11 +86,11 @@ class CircuitPanel(QWidget):
         self.result = QLabel("")
         self.result.setWordWrap(True)
         self.bars = pg.PlotWidget(background="w")
-        self.bars.setLabel("bottom", "Δ probability of each cell type")
+        self.bars.setLabel("bottom", "Δ probability per type")
         self.bars.setMaximumHeight(230)
         self.scatter = pg.PlotWidget(background="w")
         self.scatter.setLabel("bottom", "attribution")
-        self.scatter.setLabel("left", "target logit drop when ablated")
+        self.scatter.setLabel("left", "logit drop, ablated")
         self.scatter.setMaximumHeight(230)
         # which marker is which model: the frozen one (attention and norms fixed) is what
         # attribution linearises, so its crosses sit on the diagonal

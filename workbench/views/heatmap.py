@@ -76,7 +76,7 @@ class HeatmapView(QWidget):
         self.image.setImage(self.matrix.T.astype(np.float32), levels=(0, 1))
         n_f, n_t = self.matrix.shape
         self.plot.getAxis("left").setTicks([[(i + 0.5, t) for i, t in enumerate(self.types)]])
-        step = max(1, n_f // 20)
+        step = max(1, n_f // 10)  # about ten labels: five digits each fit beside the bar
         self.plot.getAxis("bottom").setTicks(
             [[(i + 0.5, str(int(f))) for i, f in enumerate(self.features) if i % step == 0]])
         self.plot.setLimits(xMin=0, xMax=n_f, yMin=0, yMax=n_t)
