@@ -47,6 +47,7 @@ def main() -> None:
     w.grab().save(str(HERE / "circuit.png"))
     for name in ("Jobs", "Data", "Model & dictionaries"):
         w.docks[name].show()
+    w.resizeDocks([w.docks["Data"]], [330], Qt.Orientation.Horizontal)  # back to its width
     w.tabifyDockWidget(w.docks["Circuit"], w.docks["Features"])
 
     ev = w.open_panel("Evaluate").widget()

@@ -17,7 +17,13 @@ def main() -> None:
     w.open_after_paint = DEMO
     w.show()
     panel = w.features_panel
-    wait(app, 60, lambda: panel.results is not None)
+    wait(app, 60, lambda: panel.results is not None or w.session.cells.n_cells > 0)
+    wait(app, 2, lambda: panel.results is not None)
+    if panel.results is None:  # the shipped analysis is stale: Analyse, as a user would
+        panel.choose_dictionary(next(d for d in w.session.workspace.dictionaries
+                                     if d.endswith("sae/layers.2")))
+        job = panel.analyse()
+        wait(app, 600, lambda: job is None or not job.active)
     w.resizeDocks([w.docks["Features"]], [760], Qt.Orientation.Horizontal)
     r = panel.results
     j = int(r.table["auroc_bulk_labels"].idxmax())
