@@ -16,7 +16,12 @@ whole-record in-memory track would need 4 bytes x features x bases on top. `--de
 puts the model and SAE on the GPU (the merge and files stay on the CPU).
 
     /work/venv/bin/python bench/tracks_speed.py [--bases 1000000] [--layers 2 --width 64]
-        [--device cpu|cuda] [--repeat 2]
+        [--device cpu|cuda] [--repeat 2] [--top N] [--outside-only]
+
+"CPU seconds outside the forward per Mb" times `run_tracks` once more with the model's forward
+replaced by a replay of recorded activations (`outside_forward`; torch on one thread so idle
+pool threads do not count): what a GPU machine's CPU must do beside a small model's forward.
+`--outside-only` times only that (quick: no bare forward, no real tracks).
 
 Measured 2026-11-25 on the 2-core dev machine shared with two other engineers' runs (load
 average 2-3; single bare forwards of the same windows ranged 32-68 s):
@@ -46,6 +51,31 @@ average 2-3; single bare forwards of the same windows ranged 32-68 s):
   add at most 7% if none of it overlapped (an estimate: the whole of `biollm tracks` was not run
   on Evo 2 7B, whose weights cannot be downloaded here).
 Memory does not grow with the record: peak RSS 696 MB at 250 kb, 705 MB at 1 Mb, 681 MB at 2 Mb.
+
+Measured 2026-11-25 session 4 (same 2-core machine, load average 2-3.5; "old" is commit 3dc4394
+run with this bench, PYTHONPATH=<its biollm_engine>, interleaved with "new"):
+- CPU seconds outside the forward per Mb (`--outside-only --repeat 3`, 1 Mb, best of 3 per
+  run, three old/new pairs): old 3.63, 3.56, 3.06; new 2.53, 1.81, 2.22 (about 1.2 s less).
+  About 1 s of it is per run, not per Mb (loading, 4 logos of ~0.15 s each, one more read of
+  the file for top windows and logo contexts).
+- `--top 4 --outside-only --repeat 1`, 1 Mb: old 32.35, new 9.68 CPU s per Mb: choosing the
+  features no longer builds sparse chunks of all 512 latents (firing_counts; the rest of that
+  pass is the SAE's 512-latent GEMM and the comparison, on the GPU on a GPU machine).
+- whole bench, default 1 Mb, `--repeat 2`: tracks 41.29 and 33.89 s against bare forwards of
+  36.0-38.9 s from a worker thread (89.8-99.6 s from the main thread at load 2.4-3.6): 0.94x
+  best against best, 1.11x and 0.91x beside, CPU 0.95x; forward replayed 2.78 CPU s per Mb.
+  Peak RSS 782 MB: numba and llvmlite, loaded for the bedGraph text, add about 100 MB once.
+- 250 kb, `--repeat 2`, old then new at load 3.2-3.5: old 1.35x best against best (CPU
+  1.36x, replay 1.44 CPU s); new 1.43x (CPU 1.14x, replay 1.32 CPU s): on 2 busy cores the
+  wall ratio moves with the load more than with the CPU side.
+- bedGraph text alone: 135-170 ns a line with the compiled loop against 500-650 ns with the
+  %-format, for 100 to 100,000 lines a call (the same text: tests/test_dna_bedgraph.py).
+- Not done: `--top` in one pass. The chosen features' values come from `FeatureEncoder`
+  (their columns of the encoder only), which differ from the full encoding's columns by up to
+  1.4e-6 (MKL, measured), so keeping the full encoding of the one pass would change printed
+  digits; keeping the hookpoint's activations instead costs tokens x width x 4 bytes on disk
+  (512 MB per Mb at width 64, 32 GB per Mb for Evo 2 7B), about what a second forward costs
+  for a small model. The extra pass now runs the model and the SAE but builds no chunks.
 """
 
 from __future__ import annotations
