@@ -192,7 +192,12 @@ def test_drop_sequences_dictionaries_and_models(window, tmp_path):
     d = window.models_panel.tree.topLevelItem(1).child(0)
     assert [d.text(i) for i in range(1, 6)] == ["sae", "64", "512", "16", "sparsify"]
     assert ws.model == str(model.resolve())
-    assert window.models_panel.tree.topLevelItem(0).child(0).text(1) == "gpt_neox"
+    m = window.models_panel.tree.topLevelItem(0).child(0)
+    assert m.text(1) == "gpt_neox" and m.text(3) == "2 layers" and m.text(5) == "vocab 300"
+    # the model's numbers sit in the dictionaries' columns: each header says what both mean
+    header = window.models_panel.tree.headerItem()
+    assert "layers" in header.toolTip(3) and "latents" in header.toolTip(3)
+    assert "vocabulary" in header.toolTip(5) and all(header.toolTip(i) for i in range(6))
     assert str(fasta.resolve()) in window.recent_files()
 
 

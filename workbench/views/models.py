@@ -7,6 +7,15 @@ from PySide6.QtWidgets import QLabel, QTreeWidget, QTreeWidgetItem, QVBoxLayout,
 from ..state.library import describe_dictionaries, describe_model
 from ..state.session import Session
 
+HEADER_TIPS = (
+    "folder name (hover a row for its path)",
+    "model: architecture; dictionary: sae, transcoder or crosscoder",
+    "hidden size: the model's, or the activations a dictionary reads",
+    "dictionary: number of latents (features); model: number of layers",
+    "dictionary: active latents per token (TopK)",
+    "dictionary: file layout (ours, sparsify, SAELens); model: vocabulary size",
+)
+
 
 class ModelsPanel(QWidget):
     def __init__(self, session: Session, parent=None):
@@ -17,6 +26,9 @@ class ModelsPanel(QWidget):
         self.hint.setWordWrap(True)
         self.tree = QTreeWidget()
         self.tree.setHeaderLabels(["Name", "Kind", "Width", "Latents", "k", "Format"])
+        # the model's row uses the columns for its own numbers: the tooltips say both
+        for i, tip in enumerate(HEADER_TIPS):
+            self.tree.headerItem().setToolTip(i, tip)
         self.tree.setRootIsDecorated(True)
         lay = QVBoxLayout(self)
         lay.addWidget(self.hint)
