@@ -166,9 +166,10 @@ def prepare_logos() -> None:
     time), so that it overlaps the forward passes instead of following them."""
 
     def prepare():
-        import matplotlib.backends.backend_agg  # noqa: F401
-        import matplotlib.figure  # noqa: F401
+        import importlib
 
+        for module in ("matplotlib.figure", "matplotlib.backends.backend_agg"):
+            importlib.import_module(module)
         _letter_paths()
 
     threading.Thread(target=prepare, name="logo-glyphs", daemon=True).start()
