@@ -3,6 +3,10 @@
 Every reader returns one table: record_name, type, start (0-based), end (exclusive), strand,
 name. GFF3 is 1-based inclusive and BED 0-based half-open; both end up 0-based half-open here.
 A malformed line is reported with its file and line number.
+
+GFF3 and BED are read here rather than by a library: Biopython has no GFF3 or BED reader
+(BCBio-GFF and gffutils are separate packages, neither a dependency), both formats are
+a split on tabs, and our own loop names the file and line of a bad row.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import gzip
 import io
 from pathlib import Path
+from urllib.parse import unquote
 
 import numpy as np
 import pandas as pd
@@ -19,6 +24,10 @@ from ..errors import BioLLMError
 COLUMNS = ["record_name", "type", "start", "end", "strand", "name"]
 GFF_SUFFIXES = (".gff", ".gff3")
 BED_SUFFIXES = (".bed",)
+# A BED name column with at most this many distinct names holds categories (the types); with
+# more it holds one name per interval (genes), and one type per gene would swamp the enrichment
+# table and make base_masks allocate types x bases.
+MAX_BED_TYPES = 64
 
 
 def _lines(path: Path):
@@ -44,7 +53,9 @@ def _check_span(path: Path, lineno: int, start: int, end: int) -> None:
 
 
 def read_gff3(path: str | Path) -> pd.DataFrame:
-    """GFF3 features (column 3 is the type; ID or Name attribute as name); FASTA section ignored."""
+    """GFF3 features (column 3 is the type; Name, else ID attribute as name); the ##FASTA
+    section is ignored. Seqid, type and attributes are percent-decoded (%3B is ';', %2C ',',
+    ...), as the GFF3 specification escapes them."""
     path = Path(path)
     rows = []
     for lineno, line in _lines(path):
@@ -60,14 +71,19 @@ def read_gff3(path: str | Path) -> pd.DataFrame:
         start = _int(path, lineno, cols[3], "start") - 1
         end = _int(path, lineno, cols[4], "end")
         _check_span(path, lineno, start, end)
-        attrs = dict(a.split("=", 1) for a in cols[8].split(";") if "=" in a)
-        rows.append((cols[0], cols[2], start, end, cols[6] if cols[6] in "+-" else ".",
+        # Split before decoding: an escaped ';' or '=' is part of a value, not a separator.
+        attrs = dict(map(unquote, a.split("=", 1)) for a in cols[8].split(";") if "=" in a)
+        rows.append((unquote(cols[0]), unquote(cols[2]), start, end,
+                     cols[6] if cols[6] in ("+", "-") else ".",
                      attrs.get("Name", attrs.get("ID", ""))))
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
 def read_bed(path: str | Path, default_type: str | None = None) -> pd.DataFrame:
-    """BED3..BED6+; the type is the name column (4th), or `default_type` (the file's stem)."""
+    """BED3..BED6+. The type is the name column (4th) when the file has at most MAX_BED_TYPES
+    distinct names (categories such as CDS / promoter / repeat); otherwise, and for lines
+    without a name, `default_type` (the file's stem), with the name kept as the name: a genes
+    BED thus gives one type, not one per gene."""
     path = Path(path)
     default_type = default_type or path.name.split(".")[0]
     rows = []
@@ -82,10 +98,16 @@ def read_bed(path: str | Path, default_type: str | None = None) -> pd.DataFrame:
         start = _int(path, lineno, cols[1], "start")
         end = _int(path, lineno, cols[2], "end")
         _check_span(path, lineno, start, end)
-        name = cols[3] if len(cols) > 3 else ""
+        name = cols[3] if len(cols) > 3 and cols[3] != "." else ""
         strand = cols[5] if len(cols) > 5 and cols[5] in ("+", "-") else "."
-        rows.append((cols[0], name or default_type, start, end, strand, name))
-    return pd.DataFrame(rows, columns=COLUMNS)
+        rows.append((cols[0], name, start, end, strand, name))
+    table = pd.DataFrame(rows, columns=COLUMNS)
+    names = table["name"]
+    if names[names != ""].nunique() > MAX_BED_TYPES:
+        table["type"] = default_type
+    else:
+        table["type"] = names.where(names != "", default_type)
+    return table
 
 
 def read_genbank_annotations(path: str | Path) -> pd.DataFrame:

@@ -222,7 +222,9 @@ def read_sequences(path: str | Path, uppercase: bool = True) -> Iterator[tuple[i
 
 def read_features(path: str | Path) -> pd.DataFrame:
     """GenBank features: record, record_name, type, start (0-based), end (exclusive), strand,
-    gene, locus_tag, product. Empty for FASTA."""
+    gene, locus_tag, product. A compound location (join / order) gives one row per part, so an
+    intron, or the rest of a circular record under a CDS across its origin, is not inside the
+    feature. Empty for FASTA."""
     path = Path(path)
     rows = []
     if sequence_format(path) == "genbank":
@@ -230,15 +232,25 @@ def read_features(path: str | Path) -> pd.DataFrame:
             name = _record_name(rec, i)
             for feat in rec.features:
                 q = feat.qualifiers
-                rows.append(dict(
-                    record=i, record_name=name, type=feat.type,
-                    start=int(feat.location.start), end=int(feat.location.end),
-                    strand={1: "+", -1: "-"}.get(feat.location.strand, "."),
-                    gene=q.get("gene", [""])[0], locus_tag=q.get("locus_tag", [""])[0],
-                    product=q.get("product", [""])[0]))
+                for part in _local_parts(feat.location):
+                    rows.append(dict(
+                        record=i, record_name=name, type=feat.type,
+                        start=int(part.start), end=int(part.end),
+                        strand={1: "+", -1: "-"}.get(part.strand, "."),
+                        gene=q.get("gene", [""])[0], locus_tag=q.get("locus_tag", [""])[0],
+                        product=q.get("product", [""])[0]))
     cols = ["record", "record_name", "type", "start", "end", "strand", "gene", "locus_tag",
             "product"]
     return pd.DataFrame(rows, columns=cols)
+
+
+def _local_parts(location) -> list:
+    """The simple parts of a feature's location on its own record. Biopython leaves a location
+    it cannot parse as None, and a part on another record (join(AB000001.1:1..90,...)) carries
+    that record in `ref`: neither has positions here."""
+    if location is None:
+        return []
+    return [p for p in location.parts if p.ref is None]
 
 
 def window_spans(length: int, window: int, stride: int) -> np.ndarray:
