@@ -343,3 +343,36 @@ def test_cancelled_tracks_stop_and_leave_no_bedgraph(esm_dir, planted_dict, genb
                                 out=str(out), features="0", window=120, stride=7,
                                 device="cpu"), progress=progress, cancel=token)
     assert seen and not list(out.glob("*.bedgraph"))
+
+
+def test_tracks_cli_leaves_its_inputs_untouched(esm_dir, planted_dict, tmp_path):
+    import hashlib
+    import os
+
+    fasta = tmp_path / "fzb42.fa"
+    fasta.write_text(">FZB42\n" + "\n".join(SEQ[i:i + 60] for i in range(0, len(SEQ), 60)) + "\n")
+    bed = tmp_path / "motif.bed"
+    bed.write_text("".join(f"FZB42\t{s}\t{s + 6}\tTATAAA\n" for s in motif_starts(SEQ, MOTIF)))
+    for p in (fasta, bed):  # an old mtime, so that any rewrite would show however fast it is
+        os.utime(p, ns=(1_000_000_000_000_000_000, 1_000_000_000_000_000_000))
+    before = {p: (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+              for p in (fasta, bed)}
+    assert main(["tracks", "--model", str(esm_dir), "--data", str(fasta), "--dict",
+                 str(planted_dict), "--features", "0", "--out", str(tmp_path / "out"),
+                 "--annotations", str(bed), "--window", "120", "--stride", "60",
+                 "--device", "cpu"]) == 0
+    assert (tmp_path / "out" / "enrichment.csv").is_file()
+    assert {p: (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+            for p in (fasta, bed)} == before
+
+
+def test_tracks_cli_out_naming_a_file_exits_2_and_keeps_it(esm_dir, planted_dict, genbank,
+                                                           tmp_path, capsys):
+    out = tmp_path / "results.txt"
+    out.write_bytes(b"keep me\n")
+    assert main(["tracks", "--model", str(esm_dir), "--data", str(genbank), "--dict",
+                 str(planted_dict), "--features", "0", "--out", str(out),
+                 "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "is a file" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert out.read_bytes() == b"keep me\n"
