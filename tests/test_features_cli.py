@@ -97,3 +97,129 @@ def test_bad_input_is_one_line_and_exit_2(files, capsys, case, message):
     assert err.startswith("biollm: error: ") and message in err and "\n" not in err
     assert not (root / "x.csv").exists()
     assert (root / "cells.h5ad").read_bytes() == before
+
+
+# DNA: records are windows, tokens the model's own k-mers with --data-option tokenizer=model
+
+DNA_OPTIONS = ["tokenizer=model", "window=256", "stride=128"]
+
+
+@pytest.fixture(scope="module")
+def dna(tmp_path_factory):
+    """A FASTA of two records of real sequence, a tiny ESM with Nucleotide Transformer v1's
+    6-mer tokenizer, and a ReLU SAE on its first layer."""
+    import transformers as tf
+
+    from test_dna_tracks import SEQ, kmer_tokenizer
+
+    root = tmp_path_factory.mktemp("features_dna")
+    (root / "two.fa").write_text(f">a first\n{SEQ[:700]}\n>b\n{SEQ[700:1500]}\n")
+    tokenizer = kmer_tokenizer()
+    torch.manual_seed(0)
+    cfg = tf.EsmConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2,
+                       num_attention_heads=4, intermediate_size=64, max_position_embeddings=300,
+                       pad_token_id=tokenizer.pad_token_id, mask_token_id=tokenizer.mask_token_id,
+                       position_embedding_type="absolute", token_dropout=False)
+    tf.EsmForMaskedLM(cfg).save_pretrained(root / "esm")
+    tokenizer.save_pretrained(root / "esm")
+    Dictionary(DictionaryConfig(kind="sae", activation="relu", d_in=32, num_latents=16,
+                                hookpoint="layers.0")).save(root / "sae")
+    return root
+
+
+def dna_features(root, *extra):
+    return main(["features", "--model", str(root / "esm"), "--data", str(root / "two.fa"),
+                 "--dict", str(root / "sae"), "--device", "cpu", "--top-n", "3", *extra])
+
+
+def with_options(options):
+    return [a for o in options for a in ("--data-option", o)]
+
+
+def test_dna_features_read_the_models_kmers(dna, capsys):
+    """The table equals a direct computation over the model's 6-mer tokens of every window,
+    and the same options through the Python API."""
+    import transformers as tf
+
+    from biollm_engine.analysis.pipeline import FeaturesConfig, run_features
+    from biollm_engine.dictionaries.formats import load_dictionary
+    from biollm_engine.inputs import DnaConfig, DnaDataset
+
+    assert dna_features(dna, "--out", str(dna / "t.csv"), *with_options(DNA_OPTIONS)) == 0
+    t = pd.read_csv(dna / "t.csv", keep_default_na=False)
+    ds = DnaDataset(dna / "two.fa", DnaConfig(window=256, stride=128, tokenizer="model"))
+    tokenizer = tf.AutoTokenizer.from_pretrained(dna / "esm")
+    model = tf.EsmModel.from_pretrained(dna / "esm").eval()
+    sae = load_dictionary(dna / "sae")
+    acts = []
+    with torch.no_grad():
+        for ex in ds.examples(tokenizer):
+            hidden = model(torch.as_tensor(ex.input_ids)[None], output_hidden_states=True)
+            acts.append(sae.encode(hidden.hidden_states[1][0, torch.as_tensor(ex.keep)]))
+    acts = torch.cat(acts).numpy()
+    table = ds.windows_table()
+    assert len(acts) < (table["end"] - table["start"]).sum() / 5  # 6-mers, not bytes
+    np.testing.assert_allclose(t["frequency"], (acts > 0).mean(axis=0), rtol=1e-6)
+    np.testing.assert_allclose(t["mean"], acts.mean(axis=0), rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(t["max"], acts.max(axis=0), rtol=1e-5)
+    # the best token's context names 6-mers (its tokens), in brackets
+    centre = t.loc[t["frequency"] > 0, "top_context"].str.extract(r"\[(\w+)\]")[0]
+    assert centre.str.fullmatch("[ACGT]{6}|[ACGT]").all() and (centre.str.len() == 6).any()
+    result = run_features(FeaturesConfig(model=str(dna / "esm"), data=str(dna / "two.fa"),
+                                         dict=str(dna / "sae"), out=str(dna / "api.csv"),
+                                         data_option=DNA_OPTIONS, top_n=3, device="cpu"))
+    pd.testing.assert_frame_equal(pd.read_csv(dna / "api.csv", keep_default_na=False), t)
+    # one row per window (the DNA data set's records), no per-gene sums
+    assert result.stats.cell_max.shape == (len(ds), 16)
+    assert result.stats.unit_sum.shape[0] == 0 and result.top_genes is None
+    assert result.stats.num_tokens == len(acts)
+
+
+def test_dna_features_byte_tokens_are_named_by_their_base(dna):
+    """tokenizer=byte (the reader's default) feeds bytes; contexts show them as bases, not as
+    the model's tokens of those ids."""
+    from biollm_engine.analysis.pipeline import FeaturesConfig, run_features
+
+    result = run_features(FeaturesConfig(model=str(dna / "esm"), data=str(dna / "two.fa"),
+                                         dict=str(dna / "sae"), out=str(dna / "bytes.csv"),
+                                         data_option=["window=200"], top_n=3, device="cpu"))
+    assert result.stats.num_tokens == 1500  # one token per base
+    centre = result.table.df["top_context"].str.extract(r"\[(\w+)\]")[0].dropna()
+    assert len(centre) and centre.str.fullmatch("[ACGT]").all()
+
+
+def test_dna_features_from_a_cache_need_its_reader_options(dna, capsys):
+    assert main(["harvest", "--model", str(dna / "esm"), "--data", str(dna / "two.fa"),
+                 "--out", str(dna / "cache"), "--hookpoint", "layers.0", "--device", "cpu",
+                 "--store-dtype", "float32", *with_options(DNA_OPTIONS)]) == 0
+    assert dna_features(dna, "--out", str(dna / "live.csv"), *with_options(DNA_OPTIONS)) == 0
+    assert dna_features(dna, "--out", str(dna / "cached.csv"), "--cache", str(dna / "cache"),
+                        *with_options(DNA_OPTIONS)) == 0
+    pd.testing.assert_frame_equal(pd.read_csv(dna / "live.csv"), pd.read_csv(dna / "cached.csv"),
+                                  rtol=1e-5)
+    capsys.readouterr()
+    assert dna_features(dna, "--out", str(dna / "x.csv"), "--cache", str(dna / "cache")) == 2
+    err = capsys.readouterr().err.strip()
+    assert "harvested with other reader options" in err and "tokenizer=model" in err
+    assert not (dna / "x.csv").exists()
+
+
+@pytest.mark.parametrize("option, message", [
+    ("window=abc", "dna option window=abc must be a whole number"),
+    ("reverse_complement=yes", "dna option reverse_complement=yes must be true or false"),
+    ("kmer=6", "option kmer does not apply to dna data"),
+    ("tokenizer=kmer", "tokenizer must be byte or model"),
+    ("window", "is not KEY=VALUE"),
+])
+def test_bad_dna_option_is_one_line_and_exit_2(dna, capsys, option, message):
+    assert dna_features(dna, "--out", str(dna / "x.csv"), "--data-option", option) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("biollm: error: ") and message in err and "\n" not in err
+    assert not (dna / "x.csv").exists()
+
+
+def test_cell_sentence_flags_are_not_data_options(files, capsys):
+    root, _ = files
+    assert features(files, "--out", str(root / "x.csv"), "--data-option", "top_k=5") == 2
+    err = capsys.readouterr().err.strip()
+    assert "set top_k of cell sentences with --top-k" in err and "\n" not in err

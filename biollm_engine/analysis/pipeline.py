@@ -52,6 +52,9 @@ class FeaturesConfig:
     template: str = field(default="cell_type_prediction", metadata={
         "help": "cell-sentence prompt: cell_type_prediction, sentence, or text with "
                 "{cell_sentence} (use the one the dictionary was trained with)"})
+    data_option: list[str] = field(default_factory=list, metadata={
+        "help": "reader option KEY=VALUE as for harvest, e.g. tokenizer=model, window=256, "
+                "stride=128 for DNA (cells: --top-k, --layer, --template)"})
     batch_size: int = field(default=8, metadata={"help": "examples per forward pass (live)"})
     chunk_tokens: int = field(default=16384, metadata={"help": "tokens encoded per chunk"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or mps"})
@@ -128,18 +131,14 @@ def run_features(cfg: FeaturesConfig, progress: ProgressCallback | None = None,
                               "(the input is never modified).")
     if cfg.top_n < 1:
         raise BioLLMError("top-n must be at least 1.")
+    data = open_data(cfg.data, **_data_options(cfg))  # bad options fail before the model loads
+    if cfg.write_h5ad and data.kind != "cells":
+        raise BioLLMError("--write-h5ad needs .h5ad cell data.")
     dictionary = load_dictionary(cfg.dict)
     lm = load_model(cfg.model, device=cfg.device)
     hookpoint = resolve_hookpoint(lm, cfg.hookpoint or dictionary.cfg.hookpoint
                                   or _missing_hookpoint(cfg.dict)).name
     dictionary = dictionary.to(lm.device)
-    options = {}
-    kind_is_cells = data_path.suffix.lower() == ".h5ad"
-    if kind_is_cells:
-        options = {"top_k": cfg.top_k, "layer": cfg.layer, "template": cfg.template}
-    data = open_data(cfg.data, **options)
-    if cfg.write_h5ad and data.kind != "cells":
-        raise BioLLMError("--write-h5ad needs .h5ad cell data.")
     genes = data.units if data.kind == "cells" else None
     obs = data.obs if data.kind == "cells" else None
     obs_keys = cfg.obs_key or None
@@ -154,6 +153,8 @@ def run_features(cfg: FeaturesConfig, progress: ProgressCallback | None = None,
         if genes is not None and cached_units is not None and list(cached_units) != list(genes):
             raise BioLLMError(f"the cache {cfg.cache} was harvested from other genes than "
                               f"{cfg.data}; harvest this data set or pass the data it was made from.")
+        if data.kind == "dna":
+            _check_cached_windows(cache, data, cfg.cache)
         sources = TokenSources.from_any(cache.sources())
         chunks = encode_cache(cache, dictionary, hookpoint, cfg.chunk_tokens, progress, cancel)
     else:
@@ -168,15 +169,61 @@ def run_features(cfg: FeaturesConfig, progress: ProgressCallback | None = None,
             if key is not None:
                 cell_types = [str(c) for c in pd.unique(obs[key].dropna())]
         lens = feature_logit_lens(lm, dictionary, cfg.top_n, genes, cell_types)
+    # DNA: the records are the windows (`data.windows_table()`), each token's unit its first base
+    bytes_in = data.kind == "dna" and data.cfg.tokenizer == "byte"
     result = analyze(chunks, dictionary.num_latents, genes=genes, obs=obs, obs_keys=obs_keys,
-                     sources=sources, tokenizer=lm.tokenizer, lens=lens, top_n=cfg.top_n,
-                     min_gene_count=cfg.min_gene_count)
+                     num_cells=len(data) if data.kind == "dna" else None, sources=sources,
+                     tokenizer=_BYTES if bytes_in else lm.tokenizer, lens=lens,
+                     top_n=cfg.top_n, min_gene_count=cfg.min_gene_count)
     result.table.save(out)
     if cfg.write_h5ad:
         key = Path(cfg.dict).name.replace(" ", "_") or "features"
         write_back(cfg.data, result.stats.cell_max, result.table, _safe_key(key), cfg.write_h5ad,
                    cfg.obs_features)
     return result
+
+
+def _data_options(cfg: FeaturesConfig) -> dict:
+    """The reader options: --data-option, and for cells the sentence flags (set only there)."""
+    from ..commands.harvest import parse_data_options
+    from ..inputs import data_kind
+
+    options = parse_data_options(cfg.data_option)
+    if data_kind(cfg.data) == "cells":
+        for key in ("top_k", "layer", "template"):
+            if key in options:
+                raise BioLLMError(f"set {key} of cell sentences with --{key.replace('_', '-')}, "
+                                  "not --data-option.")
+        options.update(top_k=cfg.top_k, layer=cfg.layer, template=cfg.template)
+    return options
+
+
+def _check_cached_windows(cache, data, path: str) -> None:
+    """A DNA cache's tokens name windows and token ids of its harvest's options; read with
+    others, records and labels would be silently wrong."""
+    given = cache.meta.get("data_options")
+    if given is None:
+        return
+    try:
+        same = type(data.cfg)(**given) == data.cfg
+    except (TypeError, BioLLMError):
+        same = False
+    if not same:
+        shown = " ".join(f"--data-option {k}={v}" for k, v in given.items()) or "none"
+        raise BioLLMError(f"the cache {path} was harvested with other reader options; pass the "
+                          f"same ({shown}).")
+
+
+class _ByteTokens:
+    """Names byte-level token ids (DNA read with tokenizer=byte: A=65) by their letter, which
+    the model's own vocabulary may call something else."""
+
+    @staticmethod
+    def decode(ids) -> str:
+        return bytes(int(i) for i in ids).decode("latin-1")
+
+
+_BYTES = _ByteTokens()
 
 
 def _safe_key(name: str) -> str:

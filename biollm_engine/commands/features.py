@@ -18,7 +18,9 @@ def add_parser(subparsers) -> None:
         description="Encode a data set with a dictionary (live from the model, or from an "
                     "activation cache with --cache), write one row per feature to --out "
                     "(.csv/.tsv/.parquet; labels of an earlier export are kept), and optionally "
-                    "a new .h5ad with the cells x features matrix for scanpy (--write-h5ad).")
+                    "a new .h5ad with the cells x features matrix for scanpy (--write-h5ad). "
+                    "Reader options as for harvest: --data-option KEY=VALUE (DNA: e.g. "
+                    "tokenizer=model, window=256, stride=128).")
     config.add_arguments(p, FeaturesConfig)
     p.set_defaults(run=run)
 

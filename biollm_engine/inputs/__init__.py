@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import json
+import numbers
+import types
+import typing
 from pathlib import Path
 
 from ..errors import BioLLMError
@@ -82,4 +86,31 @@ def open_data(path: str | Path, **options) -> DataSource:
     if unknown:
         raise BioLLMError(f"option {', '.join(unknown)} does not apply to {kind} data; "
                           f"its options are {', '.join(names)}.")
-    return reader(path, config(**options))
+    hints = typing.get_type_hints(config)
+    return reader(path, config(**{k: _checked(kind, k, v, hints[k]) for k, v in options.items()}))
+
+
+def _checked(kind: str, name: str, value, tp):
+    """`value` as option `name` (of type `tp`) takes it, else BioLLMError: the configs check
+    their choices but not types, and a wrong one ('abc' for a window, 'yes' for a bool) would
+    fail deep inside with a traceback or, worse, pass as truthy."""
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        tp = next(a for a in args if a is not type(None))
+    number = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if tp is bool:
+        ok, want = isinstance(value, bool), "true or false"
+    elif tp is int:
+        ok, want = number and isinstance(value, numbers.Integral), "a whole number"
+    elif tp is float:
+        ok, want = number, "a number"
+    elif tp is str and value is not None and not isinstance(value, str):
+        return json.dumps(value)  # KEY=VALUE read 1 or true as JSON; the option is that text
+    else:  # choices (Literal) are the config's to check
+        return value
+    if not ok:
+        shown = value if isinstance(value, str) else json.dumps(value)
+        raise BioLLMError(f"{kind} option {name}={shown} must be {want}.")
+    return float(value) if tp is float else int(value)
