@@ -136,3 +136,72 @@ def test_write_back_round_trips_and_leaves_the_input_untouched(planted, pbmc_h5a
         write_back(pbmc_h5ad, res.stats.cell_max[:10], res.table, "sae", tmp_path / "x.h5ad")
     assert not (tmp_path / "x.h5ad").exists()
     assert (pbmc_h5ad.read_bytes(), os.stat(pbmc_h5ad).st_mtime_ns) == before
+
+
+def test_planted_latent_of_a_dictionary_on_a_real_model_finds_its_gene_and_cell_type(
+        pbmc, pbmc_h5ad, tiny_model_dirs, tmp_path, capsys):
+    """End to end: a tiny model reads the 700 cells' sentences, one latent of a ReLU dictionary
+    is a linear read-out of that model's own layers.1 activations at CD79A's last token
+    (fitted on them, as a trained SAE's feature would be), the others random sparse latents; `biollm
+    features` must put CD79A on top of that latent and CD19+ B as its cell type."""
+    import torch
+
+    from biollm_engine.cache import ActivationCache
+    from biollm_engine.cli import main
+    from biollm_engine.dictionaries.config import DictionaryConfig
+    from biollm_engine.dictionaries.dictionary import Dictionary
+    from biollm_engine.harvest import HarvestConfig, harvest
+    from biollm_engine.models import load_model
+
+    marker, latents, planted = "GZMB", 32, 7
+    model = tiny_model_dirs("gpt_neox")
+    lm = load_model(str(model), device="cpu")
+    cfg = CellSentenceConfig(layer="raw", top_k=30, template="sentence")
+    ds = CellDataset(pbmc_h5ad, cfg)
+    harvest(lm, ds.examples(lm.tokenizer), HarvestConfig(hookpoints=["layers.1"],
+                                                          store_dtype="float32"),
+            tmp_path / "acts", meta={"units": ds.genes})
+    cache = ActivationCache(tmp_path / "acts")
+    x = torch.as_tensor(np.asarray(cache.read("layers.1")), dtype=torch.float32)
+    unit = np.asarray(cache.sources()["unit"])
+    # gene names are several tokens here, most shared with other genes (CD79A is " CD", "79",
+    # "A"); GZMB is " G" "ZMB", and "ZMB" is in no other of the 765 genes: the latent reads it
+    piece = lm.tokenizer.convert_tokens_to_ids("ZMB")
+    assert [g for g in ds.genes if "ZMB" in lm.tokenizer.tokenize(" " + g)] == [marker]
+    on = torch.as_tensor((unit == ds.genes.index(marker))
+                         & (np.asarray(cache.sources()["token_id"]) == piece))
+    assert 0 < int(on.sum()) < len(on) // 100
+    # the read-out: least squares of "this is GZMB's ZMB" on the centred activations
+    mu = x.mean(0)
+    w = torch.linalg.lstsq(x - mu, on.float()[:, None] - on.float().mean()).solution[:, 0]
+    score = (x - mu) @ w
+    cut = (score[on].quantile(0.05) + score[~on].quantile(0.999)) / 2
+    torch.manual_seed(0)
+    sae = Dictionary(DictionaryConfig(kind="sae", activation="relu", d_in=x.shape[1],
+                                      num_latents=latents, hookpoint="layers.1",
+                                      apply_b_dec_to_input=False))
+    with torch.no_grad():
+        sae.W_enc.normal_()
+        sae.b_enc.copy_(-(x @ sae.W_enc.T).quantile(0.97, dim=0))  # background: ~3% of tokens
+        sae.W_enc[planted] = w
+        sae.b_enc[planted] = -(mu @ w) - cut
+    sae.save(tmp_path / "sae")
+
+    rc = main(["features", "--model", str(model), "--data", str(pbmc_h5ad),
+               "--dict", str(tmp_path / "sae"), "--layer", "raw", "--top-k", "30",
+               "--template", "sentence", "--obs-key", "bulk_labels", "--device", "cpu",
+               "--out", str(tmp_path / "features.csv")])
+    assert rc == 0, capsys.readouterr().err
+    row = pd.read_csv(tmp_path / "features.csv").iloc[planted]
+    assert row["top_gene"] == marker
+    assert row["best_bulk_labels"] == "CD56+ NK"
+    # as good a read-out of NK cells as GZMB's presence in the sentence itself, which marks some
+    # NK cells only (GZMB is NK's 7th marker)
+    from sklearn.metrics import roc_auc_score
+
+    nk = (ds.obs["bulk_labels"] == "CD56+ NK").to_numpy()
+    has = np.zeros(len(nk), bool)
+    has[np.asarray(cache.sources()["record"])[unit == ds.genes.index(marker)]] = True
+    assert row["auroc_bulk_labels"] >= roc_auc_score(nk, has) - 0.01 > 0.75
+    # it fires on about the share of GZMB's tokens, not on every " G"
+    assert row["frequency"] < 2 * float(on.float().mean())
