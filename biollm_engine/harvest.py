@@ -98,6 +98,10 @@ def kept_activations(lm: LoadedModel, examples: Iterable[TokenizedExample],
     with torch.inference_mode():
         for batch in _batches(examples, batch_size):
             ids, mask, keep, unit, record = pad_batch(batch, pad_id, max_length)
+            if lm.max_tokens is not None and ids.shape[1] > lm.max_tokens:
+                raise BioLLMError(f"an input of {ids.shape[1]} tokens is longer than the "
+                                  f"{lm.max_tokens} positions {lm.name} reads; use a smaller "
+                                  "window (DNA) or max_length.")
             sel = keep & mask
             rows, cols = np.nonzero(sel)
             sources = {"record": torch.from_numpy(record[rows]),

@@ -41,6 +41,20 @@ class LoadedModel:
     def base(self):
         return self.module(self.arch.base)
 
+    @property
+    def max_tokens(self) -> int | None:
+        """The longest input its learned absolute positions cover (GPT-2, BERT, ESM); None
+        where positions have no hard end (rotary, Evo 2). Longer inputs fail deep in torch."""
+        cfg = getattr(self.model, "config", None)
+        if getattr(cfg, "model_type", None) == "gpt2":
+            return int(cfg.n_positions)
+        if getattr(cfg, "position_embedding_type", None) != "absolute" or \
+                not getattr(cfg, "max_position_embeddings", None):
+            return None
+        if cfg.model_type == "esm":  # positions count from the pad id + 1, as in fairseq
+            return int(cfg.max_position_embeddings) - int(cfg.pad_token_id or 0) - 1
+        return int(cfg.max_position_embeddings)
+
 
 def resolve_device(device: str = "auto") -> str:
     import torch
