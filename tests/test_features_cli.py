@@ -176,13 +176,14 @@ def test_dna_features_read_the_models_kmers(dna, capsys):
 
 
 def test_dna_features_byte_tokens_are_named_by_their_base(dna):
-    """tokenizer=byte (the reader's default) feeds bytes; contexts show them as bases, not as
-    the model's tokens of those ids."""
+    """tokenizer=byte feeds bytes; contexts show them as bases, not as the model's tokens of
+    those ids."""
     from biollm_engine.analysis.pipeline import FeaturesConfig, run_features
 
     result = run_features(FeaturesConfig(model=str(dna / "esm"), data=str(dna / "two.fa"),
                                          dict=str(dna / "sae"), out=str(dna / "bytes.csv"),
-                                         data_option=["window=200"], top_n=3, device="cpu"))
+                                         data_option=["window=200", "tokenizer=byte"],
+                                         top_n=3, device="cpu"))
     assert result.stats.num_tokens == 1500  # one token per base
     centre = result.table.df["top_context"].str.extract(r"\[(\w+)\]")[0].dropna()
     assert len(centre) and centre.str.fullmatch("[ACGT]").all()
@@ -208,7 +209,7 @@ def test_dna_features_from_a_cache_need_its_reader_options(dna, capsys):
     ("window=abc", "dna option window=abc must be a whole number"),
     ("reverse_complement=yes", "dna option reverse_complement=yes must be true or false"),
     ("kmer=6", "option kmer does not apply to dna data"),
-    ("tokenizer=kmer", "tokenizer must be byte or model"),
+    ("tokenizer=kmer", "tokenizer must be auto, byte or model"),
     ("window", "is not KEY=VALUE"),
 ])
 def test_bad_dna_option_is_one_line_and_exit_2(dna, capsys, option, message):
@@ -223,3 +224,18 @@ def test_cell_sentence_flags_are_not_data_options(files, capsys):
     assert features(files, "--out", str(root / "x.csv"), "--data-option", "top_k=5") == 2
     err = capsys.readouterr().err.strip()
     assert "set top_k of cell sentences with --top-k" in err and "\n" not in err
+
+
+def test_dna_reader_default_is_the_models_own_tokenizer(dna):
+    """Without options a Hugging Face k-mer model reads its own 6-mers (fed bytes, it would read
+    each base's byte id as some other k-mer); Evo 2's byte tokenizer gets bytes."""
+    from biollm_engine.inputs import open_data
+    from biollm_engine.models import load_model
+    from biollm_engine.models.evo2 import ByteTokenizer
+
+    data = open_data(dna / "two.fa")
+    lm = load_model(str(dna / "esm"), device="cpu")
+    assert not data.reads_bytes(lm.tokenizer) and data.reads_bytes(ByteTokenizer())
+    assert data.reads_bytes(None)  # no model: bytes, as a harvest without one can only read
+    ex = next(iter(data.examples(lm.tokenizer)))
+    assert len(ex.input_ids) < len(ex.text) / 3  # 6-mers, not one token per base

@@ -110,12 +110,10 @@ def run_tracks(cfg: TracksConfig, progress: ProgressCallback | None = None,
     lm = load_model(cfg.model, device=cfg.device)
     hookpoint = resolve_hookpoint(lm, cfg.hookpoint or dictionary.cfg.hookpoint or "").name
     dictionary = dictionary.to(lm.device)
-    tok = cfg.tokenizer
-    if tok == "auto":
-        tok = "byte" if lm.arch.name == "evo2" else "model"
     data = DnaDataset(cfg.data, DnaConfig(window=cfg.window, stride=cfg.stride,
                                           reverse_complement=cfg.reverse_complement,
-                                          tokenizer=tok))
+                                          tokenizer=cfg.tokenizer))
+    tok = "byte" if data.reads_bytes(lm.tokenizer) else "model"
     names = list(data.records["name"])
     lengths = [int(n) for n in data.records["length"]]
     if ann is not None:
@@ -216,9 +214,8 @@ def record_tracks(model: str, data: str, dictionary: str, record: int = 0,
     lm = load_model(model, device=device)
     hookpoint = resolve_hookpoint(lm, sae.cfg.hookpoint or "").name
     sae = sae.to(lm.device)
-    if tokenizer == "auto":
-        tokenizer = "byte" if lm.arch.name == "evo2" else "model"
     ds = DnaDataset(data, DnaConfig(window=window, stride=stride, tokenizer=tokenizer))
+    tokenizer = "byte" if ds.reads_bytes(lm.tokenizer) else "model"
     if not 0 <= record < len(ds.records):
         raise BioLLMError(f"record {record} is out of range; {data} has {len(ds.records)}.")
     table = ds.windows_table()

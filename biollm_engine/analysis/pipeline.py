@@ -170,7 +170,7 @@ def run_features(cfg: FeaturesConfig, progress: ProgressCallback | None = None,
                 cell_types = [str(c) for c in pd.unique(obs[key].dropna())]
         lens = feature_logit_lens(lm, dictionary, cfg.top_n, genes, cell_types)
     # DNA: the records are the windows (`data.windows_table()`), each token's unit its first base
-    bytes_in = data.kind == "dna" and data.cfg.tokenizer == "byte"
+    bytes_in = data.kind == "dna" and data.reads_bytes(lm.tokenizer)
     result = analyze(chunks, dictionary.num_latents, genes=genes, obs=obs, obs_keys=obs_keys,
                      num_cells=len(data) if data.kind == "dna" else None, sources=sources,
                      tokenizer=_BYTES if bytes_in else lm.tokenizer, lens=lens,

@@ -30,7 +30,9 @@ def run(args: argparse.Namespace) -> int:
     from ..progress import TqdmProgress
 
     cfg = config.from_args(FeaturesConfig, args)
-    with TqdmProgress("features", unit="tok") as bar:
+    # from the cache the bar counts tokens; live, the examples it reads (cells or windows)
+    unit = "tok" if cfg.cache else "cell" if str(cfg.data).endswith(".h5ad") else "example"
+    with TqdmProgress("features", unit=unit) as bar:
         result = run_features(cfg, progress=bar)
     t = result.table.df
     print(f"{len(t)} features, {int((t['frequency'] > 0).sum())} active over "

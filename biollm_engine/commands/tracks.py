@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     from ..progress import TqdmProgress
 
     cfg = config.from_args(TracksConfig, args)
-    with TqdmProgress("tracks", unit="tok") as bar:
+    with TqdmProgress("tracks", unit="window") as bar:
         result = run_tracks(cfg, progress=bar)
     print(f"{len(result.features)} feature tracks written to {result.out}")
     if result.enrichment is not None:

@@ -44,8 +44,9 @@ class DnaConfig:
                 "a stride above the window skips bases"})
     reverse_complement: bool = field(default=False, metadata={
         "help": "also read each window's reverse complement (both strands)"})
-    tokenizer: Literal["byte", "model"] = field(default="byte", metadata={
-        "help": "byte: one token per base, its ASCII code (Evo 2); model: the model's tokenizer"})
+    tokenizer: Literal["auto", "byte", "model"] = field(default="auto", metadata={
+        "help": "auto: the model's own tokenizer, or bytes where that is what it reads (Evo 2); "
+                "byte: one token per base, its ASCII code; model: the model's tokenizer"})
     uppercase: bool = field(default=True, metadata={
         "help": "upper-case soft-masked (lower-case) bases before tokenizing"})
     max_n_fraction: float = field(default=1.0, metadata={
@@ -57,8 +58,8 @@ class DnaConfig:
         if int(self.window) < 1 or int(self.stride) < 1:
             raise BioLLMError(f"window and stride must be at least 1 (got {self.window}, "
                               f"{self.stride}).")
-        if self.tokenizer not in ("byte", "model"):
-            raise BioLLMError(f"tokenizer must be byte or model, not {self.tokenizer!r}.")
+        if self.tokenizer not in ("auto", "byte", "model"):
+            raise BioLLMError(f"tokenizer must be auto, byte or model, not {self.tokenizer!r}.")
 
 
 @dataclass
@@ -341,7 +342,8 @@ class DnaDataset:
         both = ", both strands" if cfg.reverse_complement else ""
         if cfg.max_n_fraction < 1:
             both += f", windows over {cfg.max_n_fraction:.0%} N skipped"
-        tok = "byte tokens" if cfg.tokenizer == "byte" else "the model's tokenizer"
+        tok = {"byte": "byte tokens", "model": "the model's tokenizer"}.get(
+            cfg.tokenizer, "the model's tokenizer (bytes for Evo 2)")
         return (f"{len(self.records)} records, {int(self.records.length.sum()):,} bases from "
                 f"{self.path.name} ({kind}), {len(self)} windows of {cfg.window} bases with "
                 f"stride {cfg.stride}{both}, {tok}")
@@ -381,6 +383,15 @@ class DnaDataset:
         pos = w.start + a if w.strand == "+" else w.end - b
         return np.where(b > a, pos, -1).astype(np.int32)
 
+    def reads_bytes(self, tokenizer=None) -> bool:
+        """Whether windows go in as byte tokens for a model with `tokenizer` (None: no model
+        loaded): with tokenizer=auto, where the model reads bases as bytes (Evo 2's
+        `bases_as_bytes`) or there is no model; a Hugging Face DNA model keeps its own k-mer,
+        BPE or byte tokens, which a k-mer model fed bytes would read as other k-mers."""
+        if self.cfg.tokenizer != "auto":
+            return self.cfg.tokenizer == "byte"
+        return tokenizer is None or bool(getattr(tokenizer, "bases_as_bytes", False))
+
     def examples(self, tokenizer=None, indices: Sequence[int] | None = None,
                  genes_only: bool = False, max_length: int | None = None
                  ) -> Iterator[TokenizedExample]:
@@ -389,7 +400,7 @@ class DnaDataset:
         if genes_only:
             raise BioLLMError("genes_only keeps the gene-name tokens of cell sentences; DNA has "
                               "none, so leave it off.")
-        if self.cfg.tokenizer == "byte":
+        if self.reads_bytes(tokenizer):
             for w in self.windows(indices):
                 seq = w.seq[:max_length] if max_length else w.seq
                 ids = np.frombuffer(seq.encode("ascii"), dtype=np.uint8).astype(np.int64)

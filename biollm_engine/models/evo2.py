@@ -39,6 +39,7 @@ EVO2 = Architecture(
 class ByteTokenizer:
     """Evo 2's CharLevelTokenizer with the attributes the engine reads from a tokenizer."""
 
+    bases_as_bytes = True  # DNA readers give it one byte per base (inputs.dna.reads_bytes)
     pad_token_id = 1
     eos_token_id = 0
     pad_token = chr(1)
