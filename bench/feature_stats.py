@@ -37,6 +37,20 @@ time goes (one thread, ms of CPU per 131k tokens): per-feature pass 43 (half of 
 lists), per-cell 23, per-gene counting sort 17-21 and reduction 27, the rest (result matrices,
 Python) about 15; reading the same chunks costs 225-290 ms of CPU, most of it page faults.
 
+On the same machine quiet (2026-12-07, load 1.2-1.4, nothing else running; `--repeat 7
+--threads 1,2`): warm read 1.46 M tok/s, disk read 0.67 M tok/s (100% of the 272 MB fetched
+from storage), stats 1.17 M tok/s on one thread and 1.53 M on two: stats / disk read 1.75
+(1.50-1.90) and 2.21 (2.11-2.74), stats / warm read 0.79 (0.72-0.85) and 1.05 (0.98-1.14).
+Encoding ran at 12.6 k tok/s. Lanes' extra work, measured by running T lanes' shares of every
+chunk one after another on one thread (the per-feature pass only, ms of CPU per 131k tokens):
+one lane 28 (16 without top lists), two 38 (19), eight 77 (24): the top lists, each lane's own,
+fill and keep K values per feature in every lane. Replacing them by one set of lists that the
+lanes fill by feature ranges from per-lane candidates (values at or above the lists' K-th when
+the chunk began) was tried: bit-identical, 0.81x the wall time at two threads and 1M tokens,
+but 1.06-1.09x at one thread and 131k tokens (a chunk's candidates are measured against the
+lists as they were when it began, not as they fill), and 0.95x of the CPU at eight lanes; not
+kept.
+
 Threads (`StatsConfig.threads`, bit-identical results for any count): on a 16-core H100
 workstation (idle) the one-thread path gave 0.29 (0.18-0.40): read 0.03 s, stats 0.12 s; with
 lanes (commit 5f2aa8f, `--repeat 5 --threads 1,4,8`) read ran at 7.1 M tok/s (a warm page

@@ -24,9 +24,19 @@ def command_names() -> list[str]:
     return sorted(m.name for m in pkgutil.iter_modules(commands.__path__))
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors (a missing or mistyped option) are one line, as every other bad
+    input's: its default prints the whole usage, some commands' dozens of lines, above it.
+    Subcommands' parsers are of the same class (argparse makes them of their parent's)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (`{self.prog} --help` lists the "
+                     "options)\n")
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser with `command`'s options in full (all commands' when None)."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="biollm",
         description="Sparse dictionaries, features and circuits for biological language models.",
     )

@@ -100,6 +100,22 @@ def test_cli_without_command_prints_help_and_exits_2():
     assert "usage: biollm" in r.stdout
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["features", "--model", "m"], "the following arguments are required: --data"),
+    (["features", "--model", "m", "--data", "d", "--dict", "x", "--out", "t.csv", "--top-n",
+      "ten"], "argument --top-n: invalid int value: 'ten'"),
+    (["models", "bogus"], "argument ACTION: invalid choice: 'bogus'"),
+])
+def test_cli_option_errors_are_one_line_and_exit_2(argv, message):
+    r = subprocess.run([sys.executable, "-m", "biollm_engine", *argv], capture_output=True,
+                       text=True)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "--help` lists the options" in lines[0], \
+        r.stderr
+    assert not r.stdout
+
+
 def test_cli_help_lists_every_command_without_importing_torch():
     # Only the command being run builds its full parser: `biollm --help` must not pay for the
     # imports (torch, transformers) that the commands need when they run.
