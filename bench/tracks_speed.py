@@ -76,6 +76,12 @@ run with this bench, PYTHONPATH=<its biollm_engine>, interleaved with "new"):
   digits; keeping the hookpoint's activations instead costs tokens x width x 4 bytes on disk
   (512 MB per Mb at width 64, 32 GB per Mb for Evo 2 7B), about what a second forward costs
   for a small model. The extra pass now runs the model and the SAE but builds no chunks.
+
+Measured 2026-12-07 on the same 2-core machine, quiet (load 1.3 before, 1.7 after; nothing else
+running), default 1 Mb, `--repeat 2`: bare forwards 12.83 / 15.02, 14.72 / 13.90, 12.63 / 12.98 s
+(main thread / worker thread), tracks 15.82 and 15.19 s: 1.20x best against best, 1.18x and
+1.15x against the bare runs beside them, CPU 1.12x; forward replayed 1.38 CPU s per Mb; peak
+RSS 854 MB (+286 MB for tracks).
 """
 
 from __future__ import annotations
