@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from biollm_engine.analysis.chunks import TokenSources, chunked
-from biollm_engine.analysis.logit_lens import logit_lens, unembedding, vocab_map
+from biollm_engine.analysis.logit_lens import _best_by_group, logit_lens, unembedding, vocab_map
 from biollm_engine.analysis.tracks import BedGraphWriter, base_tracks, write_bedgraph
 from biollm_engine.errors import BioLLMError
 from biollm_engine.models import load_model
@@ -56,6 +56,14 @@ def test_lens_aggregates_to_genes_and_cell_type_words(tiny_model_dirs):
     cols = lens.columns()
     assert cols["promoted_gene"][0] == "MAL"
     assert cols["promoted_cell_type"][1] == "High expression cell"
+    # the third lowers MAL: its most suppressed gene, far below the first's (which raises it)
+    assert cols["suppressed_gene"][2] == "MAL"
+    assert lens.suppressed_gene_score[2] < -10 < lens.suppressed_gene_score[0]
+    # a group counts as raised only above zero, as lowered only below
+    scores = torch.tensor([[1.0, 2.0, 0.5], [-1.0, -3.0, 0.5]])
+    best, _ = _best_by_group(scores, np.array([0, 0, -1]), 1)
+    low, _ = _best_by_group(scores, np.array([0, 0, -1]), 1, lowest=True)
+    assert best.tolist() == [0, -1] and low.tolist() == [-1, 0]
     assert cols["promoted"][0].startswith(repr(tok.decode([gene_tok])))
     with pytest.raises(BioLLMError, match="decoder width"):
         logit_lens(torch.zeros(2, 7), W_U)

@@ -6,7 +6,7 @@ on the next-token logits, ignoring the norm's data-dependent denominator. Tokens
 aggregated to genes and cell-type words of the data set: a token maps to a gene when its text
 (stripped, upper-cased) is a gene symbol, and to a cell type when it is a whole category name or
 a word (3+ characters, not "cell"/"cells") found in exactly one category. A gene's or cell type's
-score is the max over the tokens that map to it.
+score is the max over the tokens that map to it when it is promoted, the min when suppressed.
 """
 
 from __future__ import annotations
@@ -78,23 +78,34 @@ class LensResult:
     cell_type: np.ndarray | None = None     # [F] best promoted cell-type index (-1: none)
     cell_type_score: np.ndarray | None = None
     cell_type_names: Sequence[str] | None = None
+    suppressed_gene: np.ndarray | None = None       # [F] most suppressed gene index (-1: none)
+    suppressed_gene_score: np.ndarray | None = None
+    suppressed_cell_type: np.ndarray | None = None  # [F] most suppressed cell-type index
+    suppressed_cell_type_score: np.ndarray | None = None
 
     def columns(self, n: int = 5) -> dict[str, list]:
-        """Feature-table columns: promoted, suppressed, promoted_gene, promoted_cell_type."""
+        """Feature-table columns: promoted, suppressed, promoted_gene, promoted_cell_type,
+        suppressed_gene, suppressed_cell_type."""
         def fmt(ids):
             return [" ".join(repr(self.token_text[t]) for t in row[:n]) for row in ids]
 
         cols: dict[str, list] = {"promoted": fmt(self.promoted_ids),
                                  "suppressed": fmt(self.suppressed_ids)}
-        for name, idx, names in [("promoted_gene", self.gene, self.gene_names),
-                                 ("promoted_cell_type", self.cell_type, self.cell_type_names)]:
+        for name, idx, names in [
+                ("promoted_gene", self.gene, self.gene_names),
+                ("promoted_cell_type", self.cell_type, self.cell_type_names),
+                ("suppressed_gene", self.suppressed_gene, self.gene_names),
+                ("suppressed_cell_type", self.suppressed_cell_type, self.cell_type_names)]:
             if idx is not None:
                 cols[name] = [str(names[i]) if i >= 0 else "" for i in idx]
         return cols
 
 
-def _best_by_group(scores, mapping: np.ndarray, num_groups: int):
-    """Max score over the tokens of each group, then the best group per feature."""
+def _best_by_group(scores, mapping: np.ndarray, num_groups: int, lowest: bool = False):
+    """Max score over the tokens of each group, then the best group per feature; with
+    `lowest`, the min over its tokens and the lowest group (the most suppressed). -1 where that
+    score does not raise (or lower) the logit at all: the only gene a vocabulary spells is not
+    'suppressed' by a feature that raises it."""
     import torch
 
     tokens = np.flatnonzero(mapping >= 0)
@@ -103,9 +114,10 @@ def _best_by_group(scores, mapping: np.ndarray, num_groups: int):
         return np.full(F, -1, np.int64), np.full(F, np.nan)
     sub = scores[:, torch.as_tensor(tokens)]
     groups = torch.as_tensor(mapping[tokens]).expand_as(sub)
-    per = torch.full((scores.shape[0], num_groups), -torch.inf)
-    per = per.scatter_reduce(1, groups, sub, reduce="amax")
-    best_score, best = per.max(dim=1)
+    per = torch.full((scores.shape[0], num_groups), torch.inf if lowest else -torch.inf)
+    per = per.scatter_reduce(1, groups, sub, reduce="amin" if lowest else "amax")
+    best_score, best = per.min(dim=1) if lowest else per.max(dim=1)
+    best = torch.where(best_score < 0 if lowest else best_score > 0, best, -1)
     return best.numpy().astype(np.int64), best_score.numpy().astype(np.float64)
 
 
@@ -133,7 +145,8 @@ def logit_lens(W_dec, W_U, norm_scale=None, top_n: int = 10, tokenizer=None,
         gene_map = gene_map[:V]
     if cell_map is not None:
         cell_map = cell_map[:V]
-    parts: dict[str, list] = {k: [] for k in ("pi", "ps", "si", "ss", "g", "gs", "c", "cs")}
+    parts: dict[str, list] = {k: [] for k in ("pi", "ps", "si", "ss", "g", "gs", "c", "cs",
+                                              "sg", "sgs", "sc", "scs")}
     for start in range(0, W_dec.shape[0], batch_features):
         scores = W_dec[start:start + batch_features] @ W_U.T
         top = scores.topk(n, dim=1)
@@ -142,14 +155,12 @@ def logit_lens(W_dec, W_U, norm_scale=None, top_n: int = 10, tokenizer=None,
         parts["ps"].append(top.values.numpy())
         parts["si"].append(low.indices.numpy())
         parts["ss"].append(low.values.numpy())
-        if gene_map is not None:
-            g, gs = _best_by_group(scores, gene_map, len(genes))
-            parts["g"].append(g)
-            parts["gs"].append(gs)
-        if cell_map is not None:
-            c, cs = _best_by_group(scores, cell_map, len(cell_types))
-            parts["c"].append(c)
-            parts["cs"].append(cs)
+        for mapping, names, key in ((gene_map, genes, "g"), (cell_map, cell_types, "c")):
+            if mapping is not None:
+                for lowest, k in ((False, key), (True, "s" + key)):
+                    best, score = _best_by_group(scores, mapping, len(names), lowest)
+                    parts[k].append(best)
+                    parts[k + "s"].append(score)
     cat = {k: np.concatenate(v) if v else None for k, v in parts.items()}
     if tokenizer is not None:
         text = tokenizer.batch_decode([[i] for i in range(V)])
@@ -157,7 +168,8 @@ def logit_lens(W_dec, W_U, norm_scale=None, top_n: int = 10, tokenizer=None,
         text = [f"#{i}" for i in range(V)]
     return LensResult(cat["pi"], cat["ps"], cat["si"], cat["ss"], text,
                       cat["g"], cat["gs"], list(genes) if genes else None,
-                      cat["c"], cat["cs"], list(cell_types) if cell_types else None)
+                      cat["c"], cat["cs"], list(cell_types) if cell_types else None,
+                      cat["sg"], cat["sgs"], cat["sc"], cat["scs"])
 
 
 def feature_logit_lens(lm, dictionary, top_n: int = 10, genes=None, cell_types=None) -> LensResult:

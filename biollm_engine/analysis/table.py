@@ -3,8 +3,9 @@
 Columns: `feature`, `frequency`, `mean`, `mean_firing`, `max`, `top_genes`, `top_gene`,
 `top_context` (the best token in its context), per associated obs column `best_<col>`,
 `auroc_<col>`, `specificity_<col>`, the logit lens' `promoted`, `suppressed`, `promoted_gene`,
-`promoted_cell_type`, and `label` (free text). Saving over an earlier export keeps the labels
-written there, so a user's annotations survive a re-run.
+`promoted_cell_type`, `suppressed_gene`, `suppressed_cell_type`, and `label` (free text).
+Saving over an earlier export keeps the labels written there, so a user's annotations survive a
+re-run.
 """
 
 from __future__ import annotations

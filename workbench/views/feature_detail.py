@@ -175,6 +175,10 @@ class FeatureDetail(QWidget):
         extra = "".join(f" · best {k.split('_', 1)[1].replace('_', ' ')}: "
                         f"<b>{html.escape(str(best[k]))}</b>"
                         for k in ("promoted_gene", "promoted_cell_type") if k in r.table)
+        extra += "".join(f" · lowers {k.split('_', 1)[1].replace('_', ' ')}: "
+                         f"<b>{html.escape(str(best[k]))}</b>"
+                         for k in ("suppressed_gene", "suppressed_cell_type")
+                         if k in r.table and str(best[k]))
         self.lens.setText(f"<b>Logit lens</b>{extra}<br><b>promotes</b> "
                           f"{words(r.promoted[j][:8], r.promoted_score[j][:8])}<br>"
                           "<b>suppresses</b> "

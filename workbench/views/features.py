@@ -46,6 +46,8 @@ COLUMN_TIPS = {
     "suppressed": "logit lens: tokens the decoder direction lowers most",
     "promoted_gene": "logit lens: the gene it raises most",
     "promoted_cell_type": "logit lens: the cell type it raises most",
+    "suppressed_gene": "logit lens: the gene it lowers most",
+    "suppressed_cell_type": "logit lens: the cell type it lowers most",
 }
 GROUP_TIPS = {
     "best_": "the {} category with the highest AUROC (blank where the feature never fires)",
