@@ -172,7 +172,7 @@ class FeatureDetail(QWidget):
             return ", ".join(f"{word(t)} ({s:+.2f})" for t, s in zip(tokens, scores))
 
         best = r.table.iloc[j]
-        extra = "".join(f" · best {k.split('_', 1)[1].replace('_', ' ')}: "
+        extra = "".join(f" · raises {k.split('_', 1)[1].replace('_', ' ')}: "
                         f"<b>{html.escape(str(best[k]))}</b>"
                         for k in ("promoted_gene", "promoted_cell_type") if k in r.table)
         extra += "".join(f" · lowers {k.split('_', 1)[1].replace('_', ' ')}: "
