@@ -172,13 +172,12 @@ class FeatureDetail(QWidget):
             return ", ".join(f"{word(t)} ({s:+.2f})" for t, s in zip(tokens, scores))
 
         best = r.table.iloc[j]
-        extra = "".join(f" · raises {k.split('_', 1)[1].replace('_', ' ')}: "
+        verbs = {"promoted": "raises", "suppressed": "lowers"}
+        extra = "".join(f" · {verbs[k.split('_', 1)[0]]} {k.split('_', 1)[1].replace('_', ' ')}: "
                         f"<b>{html.escape(str(best[k]))}</b>"
-                        for k in ("promoted_gene", "promoted_cell_type") if k in r.table)
-        extra += "".join(f" · lowers {k.split('_', 1)[1].replace('_', ' ')}: "
-                         f"<b>{html.escape(str(best[k]))}</b>"
-                         for k in ("suppressed_gene", "suppressed_cell_type")
-                         if k in r.table and str(best[k]))
+                        for k in ("promoted_gene", "promoted_cell_type", "suppressed_gene",
+                                  "suppressed_cell_type")
+                        if k in r.table and str(best[k]) not in ("", "nan"))
         self.lens.setText(f"<b>Logit lens</b>{extra}<br><b>promotes</b> "
                           f"{words(r.promoted[j][:8], r.promoted_score[j][:8])}<br>"
                           "<b>suppresses</b> "
