@@ -25,9 +25,11 @@ def calibrate_threshold(d: Dictionary, batches: Iterable[torch.Tensor]) -> dict:
     if d.cfg.activation != "batchtopk":
         raise BioLLMError(f"the dictionary is {d.cfg.activation}, not batchtopk: only BatchTopK "
                           "needs a threshold calibrated.")
+    if d.cfg.kind == "crosscoder":  # (ours learn theirs while training)
+        raise BioLLMError("calibrate reads one hookpoint; a crosscoder reads several.")
     lowest, tokens, kept = [], 0, 0
     for x in batches:
-        x2 = x.to(d.device, d.dtype).reshape(-1, d.cfg.d_in * max(len(d.cfg.sources), 1))
+        x2 = x.to(d.device, d.dtype).reshape(-1, d.cfg.d_in)
         if not len(x2):
             continue
         pre = d.pre_acts(x2)
