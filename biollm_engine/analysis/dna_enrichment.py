@@ -1,7 +1,10 @@
 """What DNA features fire on: enrichment in annotations, firing frequency, top windows, logos.
 
 Everything accumulates block by block from `stream_tracks`, so a genome never sits in memory:
-zeros are counted, only nonzero bases are kept (with their annotation bits) for the exact AUROC.
+zeros are counted, only nonzero bases are kept (with their annotation bits) for the exact AUROC,
+up to `EXACT_BASES` of them; past that, as on a whole chromosome, each feature's values are
+counted in `VALUE_BINS` bins of their float32 order (ties within a bin count half) and memory
+stops growing.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from scipy.stats import rankdata
 from ..errors import BioLLMError
 
 BASES = "ACGT"
+EXACT_BASES = 1 << 26  # firing bases kept for the exact AUROC, all features: (4 + types) B each
+VALUE_BINS = 1 << 16  # the float32's top 16 bits in order: 2^-7 relative width
 LOGO_COLOURS = {"A": "#109648", "C": "#255C99", "G": "#F7B32B", "T": "#D62839"}
 
 
@@ -23,8 +28,12 @@ class BaseStats:
     """Per feature: bases seen, bases firing, and (with annotation types) the values inside and
     outside each type, for AUROC and means."""
 
-    def __init__(self, features, types: list[str] | None = None, top: int = 20):
+    def __init__(self, features, types: list[str] | None = None, top: int = 20,
+                 exact_bases: int = EXACT_BASES):
         self.features = [int(f) for f in features]
+        self.exact_bases = exact_bases
+        self.kept = 0  # firing bases held in _vals
+        self.binned: np.ndarray | None = None  # [F, T + 1, VALUE_BINS]: inside each type, all
         self.types = list(types or [])
         self.top = top
         F, T = len(self.features), len(self.types)
@@ -54,8 +63,12 @@ class BaseStats:
             self.sum_all[i] += float(v.sum())
             if self.types:
                 bits = masks[:, nz]
-                self._vals[i].append(v)
-                self._bits[i].append(bits)
+                if self.binned is None:
+                    self._vals[i].append(v)
+                    self._bits[i].append(bits)
+                    self.kept += len(v)
+                else:
+                    self._count(i, v, bits)
                 self.sum_inside[i] += (bits * v).sum(axis=1)
                 self.zeros_inside[i] += masks.sum(axis=1) - bits.sum(axis=1)
             runs = np.flatnonzero(starts_run[i])
@@ -67,33 +80,81 @@ class BaseStats:
                 both = np.concatenate([self.peaks[i], new])
                 self.peaks[i] = both[np.argsort(-both[:, 0], kind="stable")[:self.top]]
 
+        if self.binned is None and self.kept > self.exact_bases:
+            self._to_bins()
+
+    def _to_bins(self) -> None:
+        """Count the kept values into bins and drop them."""
+        self.binned = np.zeros((len(self.features), len(self.types) + 1, VALUE_BINS), np.int64)
+        for i in range(len(self.features)):
+            for v, bits in zip(self._vals[i], self._bits[i]):
+                self._count(i, v, bits)
+        self._vals = [[] for _ in self.features]
+        self._bits = [[] for _ in self.features]
+        self.kept = 0
+
+    def _count(self, i: int, v: np.ndarray, bits: np.ndarray) -> None:
+        b = value_bin(v)
+        self.binned[i, -1] += np.bincount(b, minlength=VALUE_BINS)
+        for t in range(len(self.types)):
+            self.binned[i, t] += np.bincount(b[bits[t]], minlength=VALUE_BINS)
+
     def frequency(self) -> np.ndarray:
         return self.nonzero / max(self.bases, 1)
 
     def enrichment(self) -> pd.DataFrame:
         """feature, annotation, auroc, mean_inside, mean_outside, bases_inside."""
         rows = []
-        for i, f in enumerate(self.features):
+        for i in range(len(self.features)):
+            if self.binned is not None:
+                rows += [self._row(i, t, self._binned_auroc(i, t)) for t in range(len(self.types))]
+                continue
             vals = np.concatenate(self._vals[i]) if self._vals[i] else np.zeros(0, np.float32)
             bits = np.concatenate(self._bits[i], axis=1) if self._bits[i] else \
                 np.zeros((len(self.types), 0), bool)
             zeros = self.bases - len(vals)
             # every zero ties at the bottom: midrank (zeros + 1) / 2; nonzeros rank above them
             ranks = rankdata(vals) + zeros if len(vals) else vals
-            for t, name in enumerate(self.types):
+            for t in range(len(self.types)):
                 n_in = int(self.inside[t])
                 n_out = self.bases - n_in
                 rank_in = ranks[bits[t]].sum() + self.zeros_inside[i, t] * (zeros + 1) / 2
                 auroc = ((rank_in - n_in * (n_in + 1) / 2) / (n_in * n_out)
                          if n_in and n_out else np.nan)
-                s_in = self.sum_inside[i, t]
-                rows.append(dict(feature=f, annotation=name, auroc=float(auroc),
-                                 mean_inside=s_in / n_in if n_in else np.nan,
-                                 mean_outside=(self.sum_all[i] - s_in) / n_out
-                                 if n_out else np.nan,
-                                 bases_inside=n_in))
+                rows.append(self._row(i, t, auroc))
         return pd.DataFrame(rows, columns=["feature", "annotation", "auroc", "mean_inside",
                                            "mean_outside", "bases_inside"])
+
+    def _binned_auroc(self, i: int, t: int) -> float:
+        """Mann-Whitney over the bins, zeros one bin below them all, ties counting half."""
+        n_in = int(self.inside[t])
+        n_out = self.bases - n_in
+        if not (n_in and n_out):
+            return np.nan
+        zeros_in = self.zeros_inside[i, t]
+        zeros_out = (self.bases - self.nonzero[i]) - zeros_in
+        inside = self.binned[i, t].astype(np.float64)
+        outside = self.binned[i, -1] - self.binned[i, t]
+        below = np.cumsum(outside) - outside + zeros_out
+        u = (inside * (below + 0.5 * outside)).sum() + zeros_in * 0.5 * zeros_out
+        return float(u / (n_in * n_out))
+
+    def _row(self, i: int, t: int, auroc: float) -> dict:
+        n_in = int(self.inside[t])
+        n_out = self.bases - n_in
+        s_in = self.sum_inside[i, t]
+        return dict(feature=self.features[i], annotation=self.types[t], auroc=float(auroc),
+                    mean_inside=s_in / n_in if n_in else np.nan,
+                    mean_outside=(self.sum_all[i] - s_in) / n_out if n_out else np.nan,
+                    bases_inside=n_in)
+
+
+def value_bin(v: np.ndarray) -> np.ndarray:
+    """Bins of float32 values in their order: the top 16 bits of their bits with the sign
+    flipped in (negative values reversed below the positive ones)."""
+    u = np.ascontiguousarray(v, np.float32).view(np.uint32)
+    key = np.where(u >> 31, ~u, u | np.uint32(1 << 31))
+    return (key >> 16).astype(np.int64)
 
 
 def fetch_intervals(path, wanted: list[tuple[int, int, int]],
