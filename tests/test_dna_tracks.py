@@ -202,6 +202,12 @@ def test_planted_motif_feature_peaks_on_every_occurrence(esm_dir, planted_dict, 
     freq = pd.read_csv(out / "features.csv").set_index("feature")["frequency"]
     assert freq[0] == pytest.approx(12 / len(SEQ)) and freq[1] == 1.0
     assert (out / "feature_0_logo.png").stat().st_size > 1000
+    # the logo's numbers: every peak's first six bases spell the motif, the flanks vary
+    pfm = pd.read_csv(out / "feature_0_logo.csv").set_index("position")
+    assert list(pfm.columns) == [*"ACGT", "peaks"] and pfm["peaks"].iloc[0] == 2
+    core = pfm.loc[0:5, list("ACGT")]
+    assert "".join(core.idxmax(axis=1)) == MOTIF and (core.max(axis=1) == 1.0).all()
+    assert pfm.loc[-10:-1, list("ACGT")].max(axis=1).min() < 1.0
 
 
 def test_reverse_complement_reads_the_motif_on_the_minus_strand(esm_dir, planted_dict, genbank,

@@ -182,8 +182,13 @@ def run_tracks(cfg: TracksConfig, progress: ProgressCallback | None = None,
         done += len(contexts)
         if not contexts:
             continue
-        write_logo(frequency_matrix(contexts), out / f"feature_{f}_logo.png",
+        pfm = frequency_matrix(contexts)
+        write_logo(pfm, out / f"feature_{f}_logo.png",
                    f"feature {f}: {len(contexts)} strongest peaks", first=-flank)
+        # the numbers behind the logo, for motif tools (position 0: the peak's first base)
+        _write_csv(pd.DataFrame(pfm, columns=list("ACGT")).assign(
+            position=np.arange(-flank, len(pfm) - flank), peaks=len(contexts))[
+            ["position", *"ACGT", "peaks"]], out / f"feature_{f}_logo.csv")
     return TracksResult(out, chosen, paths, summary, top, enrichment)
 
 
