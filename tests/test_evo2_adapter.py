@@ -262,3 +262,55 @@ def test_importing_vortex_leaves_no_log_file_and_the_root_logger_as_it_was(tmp_p
     assert not (tmp_path / "activations_debug.log").exists()
     assert root.handlers == handlers and root.level == level
     assert logging.FileHandler is file_handler
+
+
+@pytest.fixture
+def evo2_package(monkeypatch):
+    """The evo2 package's two names the loader imports, standing in where it cannot be
+    installed (it builds CUDA code): `Evo2(name, local_path)` raises what the test sets."""
+    import sys
+    import types
+
+    raised = {}
+
+    class Evo2:
+        def __init__(self, name, local_path=None):
+            raise raised["error"]
+
+    pkg, utils = types.ModuleType("evo2"), types.ModuleType("evo2.utils")
+    pkg.Evo2, utils.MODEL_NAMES = Evo2, ["evo2_7b", "evo2_1b_base"]
+    pkg.utils = utils
+    monkeypatch.setitem(sys.modules, "evo2", pkg)
+    monkeypatch.setitem(sys.modules, "evo2.utils", utils)
+    return raised
+
+
+def _hub_error():
+    error = type("LocalEntryNotFoundError", (OSError,), {"__module__": "huggingface_hub.errors"})
+    return error("Cannot find the requested files in the disk cache and outgoing traffic has "
+                 "been disabled. To enable hf.co look-ups and downloads online, set 'local_files")
+
+
+@pytest.mark.parametrize("spec, cuda, error, message", [
+    ("evo2_40b", True, None, "unknown Evo 2 model 'evo2_40b'; use one of evo2_7b, evo2_1b_base"),
+    ("evo2_7b", False, None, "runs only on a CUDA GPU and none is available here"),
+    ("evo2_1b_base", True, None, "needs NVIDIA Transformer Engine"),
+    ("evo2_7b", True, _hub_error(), "not in the Hugging Face cache and could not be downloaded "
+     r"\(LocalEntryNotFoundError\); download the weights \(huggingface-cli download "
+     "arcinstitute/evo2_7b\\) and give the .pt as evo2:evo2_7b:<path>"),
+    ("evo2_7b:/x/evo2_7b.pt", True, RuntimeError("PytorchStreamReader failed reading zip archive"
+                                                 "\nfailed finding central directory"),
+     r"could not load Evo 2 evo2_7b \(PytorchStreamReader failed reading zip archive\)"),
+])
+def test_each_missing_piece_of_evo2_is_named_in_one_line(evo2_package, monkeypatch, spec, cuda,
+                                                         error, message):
+    import sys
+
+    from biollm_engine.models.evo2 import load_evo2
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setitem(sys.modules, "transformer_engine", None)  # an import of it fails
+    evo2_package["error"] = error or AssertionError("the loader should have stopped before")
+    with pytest.raises(BioLLMError, match=message) as e:
+        load_evo2(spec)
+    assert "\n" not in str(e.value)
