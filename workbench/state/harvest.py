@@ -23,6 +23,11 @@ class HarvestJob(HarvestConfig):
     out: str = field(default="", metadata={
         "help": "cache folder to write (an unfinished one resumes)"})
     top_k: int = field(default=200, metadata={"help": "genes per cell sentence (cells)"})
+    window: int = field(default=1024, metadata={"help": "bases per window (DNA)"})
+    stride: int = field(default=0, metadata={
+        "help": "bases between window starts (DNA); 0: the window, no overlap"})
+    reverse_complement: bool = field(default=False, metadata={
+        "help": "also read each window's reverse complement (DNA)"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or mps"})
 
     def __post_init__(self):
@@ -30,8 +35,8 @@ class HarvestJob(HarvestConfig):
         for name in ("model", "data", "out"):
             if not str(getattr(self, name)).strip():
                 raise BioLLMError(f"give the {name} to harvest.")
-        if self.top_k < 1:
-            raise BioLLMError("top k must be at least 1.")
+        if self.top_k < 1 or self.window < 1 or self.stride < 0:
+            raise BioLLMError("top k and window must be at least 1, stride at least 0.")
 
     def engine_config(self) -> HarvestConfig:
         return HarvestConfig(**{f.name: getattr(self, f.name)
@@ -51,11 +56,12 @@ def check_harvest(job: HarvestJob) -> None:
 def run_harvest(job: HarvestJob, progress=None, cancel=None) -> str:
     """Harvest in a worker (what `biollm harvest` does); returns the cache folder."""
     from biollm_engine.harvest import harvest
-    from biollm_engine.inputs import open_data
+    from biollm_engine.inputs import data_kind, open_data
     from biollm_engine.models import load_model, resolve_hookpoint
 
-    cells = Path(job.data).suffix.lower() == ".h5ad"
-    options = {"top_k": job.top_k} if cells else {}
+    options = {"cells": {"top_k": job.top_k},
+               "dna": {"window": job.window, "stride": job.stride or None,
+                       "reverse_complement": job.reverse_complement}}.get(data_kind(job.data), {})
     data = open_data(job.data, **options)
     lm = load_model(job.model, device=job.device)
     for h in job.hookpoints:

@@ -22,8 +22,9 @@ from biollm_engine.errors import BioLLMError
 
 TRAIN_FIELDS = ("model", "data", "out", "hookpoint", "kind", "activation", "latents", "k",
                 "tokens", "batch_size", "device", "checkpoint_every", "log_every")
-HARVEST_FIELDS = ("model", "data", "out", "hookpoints", "top_k", "batch_size", "max_tokens",
-                  "genes_only", "store_dtype", "device")
+HARVEST_FIELDS = ("model", "data", "out", "hookpoints", "top_k", "window", "stride",
+                  "reverse_complement", "batch_size", "max_tokens", "genes_only", "store_dtype",
+                  "device")
 FEATURE_FIELDS = ("model", "data", "dict", "obs_key", "top_n", "min_gene_count", "top_k",
                   "batch_size", "device")
 NUMBER_MAX = 2**31 - 1
