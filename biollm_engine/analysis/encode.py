@@ -77,8 +77,9 @@ def encode_activations(dictionary, x, batch_size: int = ENCODE_ROWS) -> sp.csr_m
 
 def encode_cache(cache, dictionary, hookpoint: str | None = None, chunk_tokens: int = 16384,
                  progress: ProgressCallback | None = None, cancel: CancelToken | None = None,
-                 ) -> Iterator[EncodedChunk]:
-    """Stream an activation cache through the dictionary, in token order."""
+                 sources: TokenSources | None = None) -> Iterator[EncodedChunk]:
+    """Stream an activation cache through the dictionary, in token order. `sources`: the
+    cache's, where the caller holds them already (32 bytes a token: not twice)."""
     hookpoint = hookpoint or dictionary.cfg.hookpoint
     if hookpoint not in cache.hookpoints:
         raise BioLLMError(f"the cache has no hookpoint {hookpoint!r} (it has "
@@ -86,7 +87,8 @@ def encode_cache(cache, dictionary, hookpoint: str | None = None, chunk_tokens: 
     from ..dictionaries.formats import check_fits
 
     check_fits(dictionary, cache.widths[hookpoint])
-    sources = TokenSources.from_any(cache.sources())
+    if sources is None:
+        sources = TokenSources.from_any(cache.sources())
     n = cache.num_tokens
     tracker = ProgressTracker("encode", total=n, callback=progress, cancel=cancel)
     for start in range(0, n, chunk_tokens):

@@ -156,7 +156,8 @@ def run_features(cfg: FeaturesConfig, progress: ProgressCallback | None = None,
         if data.kind == "dna":
             _check_cached_windows(cache, data, cfg.cache)
         sources = TokenSources.from_any(cache.sources())
-        chunks = encode_cache(cache, dictionary, hookpoint, cfg.chunk_tokens, progress, cancel)
+        chunks = encode_cache(cache, dictionary, hookpoint, cfg.chunk_tokens, progress, cancel,
+                              sources)
     else:
         sources = None
         chunks = encode_live(lm, data.examples(lm.tokenizer), dictionary, hookpoint,
