@@ -199,8 +199,14 @@ def test_planted_motif_feature_peaks_on_every_occurrence(esm_dir, planted_dict, 
     assert enr.loc[(1, "TATAAA"), "auroc"] == pytest.approx(0.5)
     top = pd.read_csv(out / "top_windows.csv")
     assert all(MOTIF in s for s in top[top.feature == 0]["sequence"])
-    freq = pd.read_csv(out / "features.csv").set_index("feature")["frequency"]
+    summary = pd.read_csv(out / "features.csv").set_index("feature")
+    freq = summary["frequency"]
     assert freq[0] == pytest.approx(12 / len(SEQ)) and freq[1] == 1.0
+    # per base, as the bedGraphs have them: feature 0 is about 12 on the motifs' 12 bases
+    values = np.concatenate([np.full(e - s, v) for _, s, e, v in peaks])
+    assert summary.at[0, "mean_firing"] == pytest.approx(values.mean(), rel=1e-5)
+    assert summary.at[0, "mean"] == pytest.approx(values.sum() / len(SEQ), rel=1e-5)
+    assert summary.at[1, "mean"] == summary.at[1, "mean_firing"] == pytest.approx(1.0)
     assert (out / "feature_0_logo.png").stat().st_size > 1000
     # the logo's numbers: every peak's first six bases spell the motif, the flanks vary
     pfm = pd.read_csv(out / "feature_0_logo.csv").set_index("position")

@@ -155,8 +155,11 @@ def run_tracks(cfg: TracksConfig, progress: ProgressCallback | None = None,
                 if ann is not None else None
             stats.update(record, start, vals, masks)
 
-    summary = pd.DataFrame({"feature": chosen, "frequency": stats.frequency(),
-                            "max": window_max.max(axis=0) if len(data) else 0.0})
+    with np.errstate(invalid="ignore", divide="ignore"):  # a feature that never fires: NaN
+        summary = pd.DataFrame({"feature": chosen, "frequency": stats.frequency(),
+                                "mean": stats.sum_all / max(stats.bases, 1),
+                                "mean_firing": stats.sum_all / stats.nonzero,
+                                "max": window_max.max(axis=0) if len(data) else 0.0})
     _write_csv(summary, out / "features.csv")
     top = _top_windows(data, window_max, chosen, cfg.top_windows)
     flank = cfg.logo_flank
