@@ -134,11 +134,12 @@ class ActivationCache:
         return (f"ActivationCache({str(self.dir)!r}, tokens={self.num_tokens}, "
                 f"hookpoints={self.hookpoints})")
 
-    def _check_hookpoints(self, hookpoints: Sequence[str]) -> None:
+    def check_hookpoints(self, hookpoints: Sequence[str]) -> None:
+        """BioLLMError, in one line, for the first of `hookpoints` this cache does not hold."""
         missing = [h for h in hookpoints if h not in self.widths]
         if missing:
             raise BioLLMError(f"hookpoint {missing[0]!r} is not in the cache {self.dir}; it holds "
-                              f"{', '.join(self.hookpoints)}.")
+                              f"{', '.join(self.hookpoints)}: harvest it, or choose one of those.")
 
     def _load(self, shard: int, keys: Sequence[str], start: int = 0, stop: int | None = None) -> dict:
         from safetensors import SafetensorError, safe_open
@@ -165,7 +166,7 @@ class ActivationCache:
         """Activations of tokens [start, stop) at `hookpoint`, a tensor [n, width]."""
         import torch
 
-        self._check_hookpoints([hookpoint])
+        self.check_hookpoints([hookpoint])
         stop = self.num_tokens if stop is None else min(stop, self.num_tokens)
         key = f"acts.{hookpoint}"
         parts = [self._load(s, [key], a, b)[key] for s, a, b in self._ranges(start, stop)]
@@ -195,7 +196,7 @@ class ActivationCache:
         import torch
 
         hookpoints = list(hookpoints or self.hookpoints)
-        self._check_hookpoints(hookpoints)
+        self.check_hookpoints(hookpoints)
         if batch_size < 1:
             raise BioLLMError("batch_size must be at least 1.")
         keys = [f"acts.{h}" for h in hookpoints]

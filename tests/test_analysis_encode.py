@@ -68,7 +68,7 @@ def test_dictionary_that_does_not_fit_is_refused(setup):
         next(encode_live(lm, ds.examples(lm.tokenizer, indices=[0]), narrow))
     other = Dictionary(DictionaryConfig(kind="sae", d_in=64, num_latents=8, k=2,
                                         hookpoint="layers.0"))
-    with pytest.raises(BioLLMError, match="no hookpoint 'layers.0'"):
+    with pytest.raises(BioLLMError, match="hookpoint 'layers.0' is not in the cache"):
         next(encode_cache(cache, other))
 
 

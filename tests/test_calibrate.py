@@ -61,7 +61,7 @@ def test_threshold_is_the_mean_smallest_kept_activation_and_reads_tokens_alone(f
 @pytest.mark.parametrize("case, message", [
     ("topk", "not batchtopk"),
     ("out_exists", "is not an empty folder"),
-    ("hookpoint", "not 'layers.0'"),
+    ("hookpoint", "hookpoint 'layers.0' is not in the cache"),
     ("narrow", "width"),
     ("bad_int", "argument --batch-tokens: invalid int value: 'many'"),
 ])

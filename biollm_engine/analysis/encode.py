@@ -81,9 +81,7 @@ def encode_cache(cache, dictionary, hookpoint: str | None = None, chunk_tokens: 
     """Stream an activation cache through the dictionary, in token order. `sources`: the
     cache's, where the caller holds them already (32 bytes a token: not twice)."""
     hookpoint = hookpoint or dictionary.cfg.hookpoint
-    if hookpoint not in cache.hookpoints:
-        raise BioLLMError(f"the cache has no hookpoint {hookpoint!r} (it has "
-                          f"{', '.join(cache.hookpoints)}); harvest it or pick another dictionary.")
+    cache.check_hookpoints([hookpoint])
     from ..dictionaries.formats import check_fits
 
     check_fits(dictionary, cache.widths[hookpoint])

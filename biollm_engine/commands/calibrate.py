@@ -45,9 +45,7 @@ def run(args) -> int:
     d = load_dictionary(args.dict)
     cache = ActivationCache(args.cache)
     hookpoint = args.hookpoint or d.cfg.hookpoint
-    if hookpoint not in cache.hookpoints:
-        raise BioLLMError(f"the cache holds {', '.join(cache.hookpoints)}, not {hookpoint!r}; "
-                          "give --hookpoint.")
+    cache.check_hookpoints([hookpoint])
     check_fits(d, cache.widths[hookpoint])
     n = min(cache.num_tokens, args.max_tokens)
     # contiguous batches in file order: the cells or windows a user reads together

@@ -139,10 +139,7 @@ class _Run:
             from ..cache import ActivationCache
 
             self.cache = ActivationCache(cfg.cache)
-            missing = [h for h in names if h not in self.cache.widths]
-            if missing:
-                raise BioLLMError(f"hookpoint {missing[0]!r} is not in the cache {cfg.cache}; it "
-                                  f"holds {', '.join(self.cache.hookpoints)}.")
+            self.cache.check_hookpoints(names)
             self.model_id = cfg.model or self.cache.meta.get("model")
             return {h: self.cache.widths[h] for h in names}
         from ..models import resolve_hookpoint
